@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Installs everything the project needs on a fresh Debian machine; `make install` runs it.
+#
+# Idempotent and quiet when nothing changed: every step records a stamp (a hash of its inputs)
+# under .local/stamps and is skipped while the stamp matches. Long steps print progress.
+#
+#   1. Debian packages, only those whose command is missing (redis-server, PostgreSQL, kcat, ...)
+#   2. the Python venv (.venv) with the pinned dependencies of requirements/constraints.txt
+#   3. a Flink distribution unpacked from the apache-flink wheels into .local/flink (NOT the venv:
+#      PyFlink pins an old apache-beam)
+#   4. Java artifacts from Maven Central: the Kafka broker's classpath, and Beam's Flink
+#      job-server jar when the registry serves it
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+PYTHON="${PYTHON:-python3.11}"
+VENV="$ROOT/.venv"
+TOOLS="${SA_TOOLS_DIR:-$ROOT/.local}"
+STAMPS="$TOOLS/stamps"
+FLINK_VERSION="2.2.1"
+BEAM_VERSION="2.77.0"
+FLINK_RUNNER_MINOR="2.2"
+KAFKA_VERSION="4.1.1"
+
+mkdir -p "$STAMPS"
+
+say() { printf '==> %s\n' "$*"; }
+fail() { printf 'install: %s\n' "$*" >&2; exit 1; }
+
+# stamp_ok NAME HASH: true when step NAME last succeeded with inputs HASH.
+stamp_ok() { [[ -f "$STAMPS/$1" && "$(cat "$STAMPS/$1")" == "$2" ]]; }
+stamp_set() { printf '%s' "$2" > "$STAMPS/$1"; }
+hash_of() { cat "$@" | sha256sum | cut -c1-16; }
+
+# --- 1. Debian packages --------------------------------------------------------------------------
+pg_bindir() {
+  if command -v pg_config >/dev/null 2>&1 && [[ -x "$(pg_config --bindir)/initdb" ]]; then
+    pg_config --bindir; return
+  fi
+  ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1
+}
+
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v kcat >/dev/null 2>&1 || missing+=(kcat)
+[[ -n "$(pg_bindir)" && -x "$(pg_bindir)/initdb" ]] || missing+=(postgresql)
+command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || missing+=(maven)
+command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
+"$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+if ((${#missing[@]})); then
+  say "installing Debian packages: ${missing[*]}"
+  if [[ $(id -u) -ne 0 ]]; then
+    SUDO=sudo
+    command -v sudo >/dev/null 2>&1 || fail "need root (or sudo) to apt-get install ${missing[*]}"
+  else
+    SUDO=""
+  fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# --- 2. Python venv -------------------------------------------------------------------------------
+venv_hash=$(hash_of setup.py requirements/constraints.txt scripts/install.sh)
+if ! stamp_ok venv "$venv_hash" || [[ ! -x "$VENV/bin/python" ]]; then
+  command -v "$PYTHON" >/dev/null 2>&1 || fail "$PYTHON not found (the project targets Python 3.11)"
+  say "creating the Python venv in .venv (first run downloads ~2 GB: Beam, TensorFlow, ...)"
+  [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade "pip==25.3" "setuptools>=68,<81" wheel
+  "$VENV/bin/pip" install -q --progress-bar off -c requirements/constraints.txt -e ".[test]"
+  # Beam's tensorflow_inference imports tensorflow_hub; its declared deps would pull a second
+  # TensorFlow, so it and tf-keras go in without them (see ../shared/STACK-NOTES.md).
+  "$VENV/bin/pip" install -q --no-deps tensorflow-hub==0.16.1 tf-keras==2.21.0
+  stamp_set venv "$venv_hash"
+fi
+
+# --- 3. Flink distribution ------------------------------------------------------------------------
+FLINK_DIR="$TOOLS/flink-$FLINK_VERSION"
+if ! stamp_ok flink "$FLINK_VERSION" || [[ ! -x "$FLINK_DIR/pyflink/bin/jobmanager.sh" ]]; then
+  say "unpacking Flink $FLINK_VERSION from the apache-flink wheels into ${FLINK_DIR#"$ROOT"/} (~340 MB)"
+  rm -rf "$FLINK_DIR"
+  "$VENV/bin/pip" install -q --no-deps --target "$FLINK_DIR" \
+    "apache-flink==$FLINK_VERSION" "apache-flink-libraries==$FLINK_VERSION"
+  chmod +x "$FLINK_DIR"/pyflink/bin/*.sh "$FLINK_DIR"/pyflink/bin/flink
+  ln -sfn "flink-$FLINK_VERSION/pyflink" "$TOOLS/flink"
+  stamp_set flink "$FLINK_VERSION"
+fi
+
+# --- 4. Java artifacts ----------------------------------------------------------------------------
+KAFKA_LIBS="$TOOLS/kafka-$KAFKA_VERSION/libs"
+kafka_hash=$(hash_of tools/java/kafka/pom.xml)
+if ! stamp_ok kafka "$kafka_hash" || [[ ! -d "$KAFKA_LIBS" ]]; then
+  say "resolving the Kafka $KAFKA_VERSION broker classpath from Maven Central"
+  rm -rf "$KAFKA_LIBS"
+  mvn -q -B -f tools/java/kafka/pom.xml dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIBS" \
+    || fail "could not resolve the Kafka broker jars with mvn (see the output above)"
+  ln -sfn "kafka-$KAFKA_VERSION" "$TOOLS/kafka"
+  stamp_set kafka "$kafka_hash"
+fi
+
+JOB_SERVER="beam-runners-flink-$FLINK_RUNNER_MINOR-job-server"
+JOB_SERVER_JAR="$TOOLS/jars/$JOB_SERVER-$BEAM_VERSION.jar"
+# A refusal is remembered (delete .local/stamps/job-server-missing to ask the registry again).
+if [[ ! -f "$JOB_SERVER_JAR" ]] && ! stamp_ok job-server-missing "$BEAM_VERSION"; then
+  mkdir -p "$TOOLS/jars"
+  if mvn -q -B dependency:copy -Dartifact="org.apache.beam:$JOB_SERVER:$BEAM_VERSION" \
+       -DoutputDirectory="$TOOLS/jars" >/dev/null 2>&1; then
+    say "fetched $JOB_SERVER $BEAM_VERSION"
+  else
+    # Not fatal: every other part of the platform works without it. docs/operations.md explains.
+    say "note: Maven Central does not serve org.apache.beam:$JOB_SERVER:$BEAM_VERSION here;" \
+        "the Flink-runner path is unavailable until it does (see docs/operations.md)"
+    stamp_set job-server-missing "$BEAM_VERSION"
+  fi
+fi

@@ -1,0 +1,55 @@
+"""One distribution for all of the platform's Python packages.
+
+Beam ships it to the SDK workers with ``--setup_file``; ``make install`` installs it editable with
+the exact versions of ``requirements/constraints.txt``.
+"""
+
+from setuptools import find_packages, setup
+
+# Direct dependencies, pinned; the full transitive lock is requirements/constraints.txt.
+INSTALL_REQUIRES = [
+    "apache-beam==2.77.0",
+    "tensorflow-cpu==2.21.0",
+    "kafka-python==3.0.12",
+    "sanic==25.12.1",
+    "redis[hiredis]==8.1.0",
+    "psycopg2-binary==2.9.13",
+    "pyjwt[crypto]==2.15.1",
+    "prometheus-client==0.26.0",
+    "orjson==3.13.0",
+]
+
+TEST_REQUIRES = [
+    "pytest==9.2.0",
+    "pytest-timeout==2.4.0",
+    "hypothesis==6.170.17",
+    "jsonschema==4.26.0",
+    "websockets==17.4",
+    "ruff==0.17.6",
+    "mypy==2.4.1",
+    "types-psycopg2==2.9.21.20261008",
+]
+
+setup(
+    name="streaming-analytics",
+    version="0.1.0",
+    description="Real-time analytics: Kafka -> Beam (Flink) -> Postgres/Redis -> WebSocket push",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=[
+        "streaming_analytics", "streaming_analytics.*",
+        "pipelines", "pipelines.*",
+        "transforms", "transforms.*",
+        "models", "models.*",
+        "push_server", "push_server.*",
+    ]),
+    package_data={"streaming_analytics": ["schemas/*.json"], "push_server": ["static/**/*"]},
+    include_package_data=True,
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": TEST_REQUIRES},
+    entry_points={
+        "console_scripts": [
+            "sa-stack=streaming_analytics.stack.cli:main",
+            "sa-generate=streaming_analytics.generator:main",
+        ],
+    },
+)

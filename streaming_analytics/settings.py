@@ -46,6 +46,7 @@ VARIABLES: dict[str, Variable] = {
            "Directory of the local stack: data, logs, PIDs and endpoints.json."),
         _v("SA_TOOLS_DIR", str(PROJECT_ROOT / ".local"),
            "Where `make install` puts the Flink distribution and the Java artifacts."),
+        _v("SA_RUN_GENERATOR_RATE", "200", "Events per second the generator sends during `make run`."),
         # --- Kafka ---------------------------------------------------------------------------
         _v("SA_KAFKA_BOOTSTRAP", "127.0.0.1:9092", "Kafka bootstrap servers, comma separated."),
         _v("SA_KAFKA_TOPIC_EVENTS", "events", "Topic the raw events arrive on."),
@@ -75,6 +76,23 @@ VARIABLES: dict[str, Variable] = {
            "JWKS-style JSON file of RSA public keys for RS256 tokens (empty: RS256 disabled)."),
         _v("SA_JWT_AUDIENCE", "streaming-analytics", "Required `aud` claim of client tokens."),
         _v("SA_JWT_ISSUER", "streaming-analytics-dev", "Required `iss` claim of client tokens."),
+        _v("SA_JWT_LEEWAY_S", "5", "Clock skew (s, >= 1) tolerated on `exp`/`nbf` of client tokens."),
+        _v("SA_PUSH_BROKER", "redis", "Stream backend of the push server: `redis`, or `memory` (tests)."),
+        _v("SA_PUSH_MAX_CONNECTIONS", "10000", "Most WebSocket connections one push process accepts."),
+        _v("SA_PUSH_MAX_CONNECTIONS_PER_USER", "50", "Most concurrent connections per token `sub`."),
+        _v("SA_PUSH_MAX_MESSAGE_BYTES", "65536", "Largest client frame; bigger ones close with 4503."),
+        _v("SA_PUSH_MAX_SUBSCRIPTIONS", "16", "Most channel subscriptions per connection."),
+        _v("SA_PUSH_COMMAND_RATE", "20", "Sustained client commands per second per connection."),
+        _v("SA_PUSH_COMMAND_BURST", "50", "Command burst a connection may send above the rate."),
+        _v("SA_PUSH_SEND_QUEUE", "1024",
+           "Messages queued per connection; a client that lets it fill is closed with 4001."),
+        _v("SA_PUSH_ALLOWED_ORIGINS", "",
+           "Comma-separated browser Origins allowed to connect (empty: same origin only)."),
+        _v("SA_PUSH_AUTH_TIMEOUT_S", "10", "Seconds a new connection has to authenticate."),
+        _v("SA_PUSH_DRAIN_TIMEOUT_S", "10", "Seconds SIGTERM waits for clients to be closed cleanly."),
+        _v("SA_PUSH_PING_INTERVAL_S", "20", "Seconds between WebSocket pings to detect dead peers."),
+        _v("SA_PUSH_TLS_CERT", "", "PEM certificate chain; with SA_PUSH_TLS_KEY enables TLS (wss)."),
+        _v("SA_PUSH_TLS_KEY", "", "PEM private key file for SA_PUSH_TLS_CERT."),
         # --- logging -------------------------------------------------------------------------
         _v("SA_LOG_LEVEL", "INFO", "Log level of our Python processes."),
     )
@@ -129,6 +147,21 @@ class Settings:
     jwt_public_keys_file: str
     jwt_audience: str
     jwt_issuer: str
+    jwt_leeway_s: int
+    push_broker: str
+    push_max_connections: int
+    push_max_connections_per_user: int
+    push_max_message_bytes: int
+    push_max_subscriptions: int
+    push_command_rate: int
+    push_command_burst: int
+    push_send_queue: int
+    push_allowed_origins: tuple[str, ...]
+    push_auth_timeout_s: int
+    push_drain_timeout_s: int
+    push_ping_interval_s: int
+    push_tls_cert: str
+    push_tls_key: str
     log_level: str
 
     @classmethod
@@ -155,6 +188,21 @@ class Settings:
             jwt_public_keys_file=v["SA_JWT_PUBLIC_KEYS_FILE"],
             jwt_audience=v["SA_JWT_AUDIENCE"],
             jwt_issuer=v["SA_JWT_ISSUER"],
+            jwt_leeway_s=_positive_int(v, "SA_JWT_LEEWAY_S"),
+            push_broker=v["SA_PUSH_BROKER"].strip().lower(),
+            push_max_connections=_positive_int(v, "SA_PUSH_MAX_CONNECTIONS"),
+            push_max_connections_per_user=_positive_int(v, "SA_PUSH_MAX_CONNECTIONS_PER_USER"),
+            push_max_message_bytes=_positive_int(v, "SA_PUSH_MAX_MESSAGE_BYTES"),
+            push_max_subscriptions=_positive_int(v, "SA_PUSH_MAX_SUBSCRIPTIONS"),
+            push_command_rate=_positive_int(v, "SA_PUSH_COMMAND_RATE"),
+            push_command_burst=_positive_int(v, "SA_PUSH_COMMAND_BURST"),
+            push_send_queue=_positive_int(v, "SA_PUSH_SEND_QUEUE"),
+            push_allowed_origins=tuple(o.strip() for o in v["SA_PUSH_ALLOWED_ORIGINS"].split(",") if o.strip()),
+            push_auth_timeout_s=_positive_int(v, "SA_PUSH_AUTH_TIMEOUT_S"),
+            push_drain_timeout_s=_positive_int(v, "SA_PUSH_DRAIN_TIMEOUT_S"),
+            push_ping_interval_s=_positive_int(v, "SA_PUSH_PING_INTERVAL_S"),
+            push_tls_cert=v["SA_PUSH_TLS_CERT"],
+            push_tls_key=v["SA_PUSH_TLS_KEY"],
             log_level=v["SA_LOG_LEVEL"].upper(),
         )
 
@@ -179,3 +227,30 @@ def _positive_int(values: Mapping[str, str], name: str) -> int:
     if number <= 0:
         raise ConfigError(f"{name}={raw!r} must be positive")
     return number
+
+
+def markdown_table() -> str:
+    """The README's configuration table, generated from :data:`VARIABLES`."""
+    rows = ["| variable | default | what it does |", "|---|---|---|"]
+    for var in VARIABLES.values():
+        default = var.default.replace(str(PROJECT_ROOT), "<repo>") or "(empty)"
+        rows.append(f"| `{var.name}` | `{default}` | {var.help} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m streaming_analytics.settings``: print the effective configuration (secrets
+    masked); ``--markdown`` prints the README table instead."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if args == ["--markdown"]:
+        print(markdown_table())
+        return 0
+    for name, value in redacted().items():
+        print(f"{name}={value}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,3 @@
+from streaming_analytics.stack.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,510 @@
+"""The services of the local stack, each a small class that knows how to configure, start and
+health-check itself on 127.0.0.1.
+
+Adding a process to the stack (the Beam worker pool, the push server, a model watcher, ...) means
+adding one :class:`Component` subclass here and listing it in :data:`COMPONENTS`; the manager and
+the CLI pick it up from there.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pwd
+import shutil
+import sys
+import urllib.request
+import uuid
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+from urllib.parse import urlsplit
+
+from streaming_analytics import settings as settings_module
+from streaming_analytics.stack.process import ProcessSpec, free_port, port_is_free, wait_until
+
+LOOPBACK = "127.0.0.1"
+
+
+class ComponentError(RuntimeError):
+    """A component cannot be configured or started; the message says what to do."""
+
+
+@dataclass
+class StackContext:
+    """Shared facts every component needs: where things live and which ports were taken."""
+
+    stack_dir: Path
+    tools_dir: Path
+    environ: dict[str, str]
+    ports: dict[str, int] = field(default_factory=dict)
+    endpoints: dict[str, str] = field(default_factory=dict)
+
+    def data_dir(self, name: str) -> Path:
+        path = self.stack_dir / "data" / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def log_path(self, name: str) -> Path:
+        return self.stack_dir / "logs" / f"{name}.log"
+
+    def port(self, key: str, preferred: int) -> int:
+        """The port recorded for ``key`` in this stack, else ``preferred`` if free, else any free one.
+
+        A port recorded by an earlier ``up`` is reused while free so that restarts keep URLs stable.
+        """
+        recorded = self.ports.get(key)
+        for candidate in (recorded, preferred):
+            if candidate and port_is_free(candidate):
+                self.ports[key] = candidate
+                return candidate
+        self.ports[key] = free_port()
+        return self.ports[key]
+
+    def setting(self, name: str) -> str:
+        """An effective setting: the environment (as given to the stack) or the default."""
+        return self.environ.get(name) or settings_module.VARIABLES[name].default
+
+
+class Component(ABC):
+    """One service of the local stack."""
+
+    name: ClassVar[str]
+    #: "infra" components start with ``stack up``; "app" ones only with ``stack run``.
+    profile: ClassVar[str] = "infra"
+    depends_on: ClassVar[tuple[str, ...]] = ()
+    start_timeout_s: ClassVar[float] = 90.0
+
+    def external(self, ctx: StackContext) -> bool:
+        """True when the user points us at an existing server instead (nothing to start)."""
+        return False
+
+    @abstractmethod
+    def prepare(self, ctx: StackContext) -> list[ProcessSpec]:
+        """Write config, choose ports, publish endpoints; return the processes to start."""
+
+    @abstractmethod
+    def healthy(self, ctx: StackContext) -> bool:
+        """A real round trip to the service: True once it serves requests."""
+
+    def after_start(self, ctx: StackContext) -> None:
+        """One-off setup once healthy (topics, databases)."""
+
+    def urls(self, ctx: StackContext) -> dict[str, str]:
+        """Human-facing URLs to print after ``make run``."""
+        return {}
+
+
+# --------------------------------------------------------------------------------------------------
+class Kafka(Component):
+    """Single-node Kafka in KRaft mode (broker and controller in one JVM), from the Maven jars."""
+
+    name = "kafka"
+
+    def prepare(self, ctx: StackContext) -> list[ProcessSpec]:
+        libs = ctx.tools_dir / "kafka" / "libs"
+        if not libs.is_dir():
+            raise ComponentError(f"Kafka jars missing in {libs}: run `make install`")
+        default_port = int(ctx.setting("SA_KAFKA_BOOTSTRAP").rsplit(":", 1)[1])
+        port = ctx.port("kafka", default_port)
+        controller_port = ctx.port("kafka-controller", default_port + 1)
+        data = ctx.data_dir("kafka")
+        conf = data / "server.properties"
+        conf.write_text(_kafka_properties(port, controller_port, data / "log"))
+        log4j = data / "log4j2.properties"
+        log4j.write_text(_KAFKA_LOG4J)
+        java = [_java(), "-Xms512m", "-Xmx512m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+                f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{libs}/*"]
+        if not (data / "log" / "meta.properties").exists():
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            _run_once(java + ["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(conf)],
+                      ctx.log_path("kafka-format"), "formatting Kafka storage")
+        ctx.endpoints["SA_KAFKA_BOOTSTRAP"] = f"{LOOPBACK}:{port}"
+        return [ProcessSpec("kafka", java + ["kafka.Kafka", str(conf)], stop_timeout_s=30)]
+
+    def healthy(self, ctx: StackContext) -> bool:
+        from kafka import KafkaAdminClient
+
+        admin = KafkaAdminClient(bootstrap_servers=ctx.endpoints["SA_KAFKA_BOOTSTRAP"],
+                                 request_timeout_ms=3000)
+        try:
+            admin.list_topics()
+            return True
+        finally:
+            admin.close()
+
+    def after_start(self, ctx: StackContext) -> None:
+        from streaming_analytics.kafka_topics import ensure_topics
+
+        ensure_topics(
+            ctx.endpoints["SA_KAFKA_BOOTSTRAP"],
+            {
+                ctx.setting("SA_KAFKA_TOPIC_EVENTS"): int(ctx.setting("SA_KAFKA_EVENTS_PARTITIONS")),
+                ctx.setting("SA_KAFKA_TOPIC_DLQ"): 1,
+            },
+        )
+
+    def urls(self, ctx: StackContext) -> dict[str, str]:
+        return {"Kafka bootstrap": ctx.endpoints["SA_KAFKA_BOOTSTRAP"]}
+
+
+def _kafka_properties(port: int, controller_port: int, log_dir: Path) -> str:
+    return f"""# Written by the stack manager on every start; edits are overwritten.
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@{LOOPBACK}:{controller_port}
+listeners=PLAINTEXT://{LOOPBACK}:{port},CONTROLLER://{LOOPBACK}:{controller_port}
+advertised.listeners=PLAINTEXT://{LOOPBACK}:{port}
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+log.dirs={log_dir}
+num.partitions=4
+auto.create.topics.enable=false
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=8
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+log.retention.hours=168
+num.network.threads=2
+num.io.threads=4
+"""
+
+
+_KAFKA_LOG4J = """status = warn
+appender.console.type = Console
+appender.console.name = STDOUT
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.stdout.ref = STDOUT
+logger.kafka.name = kafka
+logger.kafka.level = INFO
+logger.state.name = state.change.logger
+logger.state.level = WARN
+"""
+
+
+# --------------------------------------------------------------------------------------------------
+class Postgres(Component):
+    """A throwaway PostgreSQL cluster (initdb into the stack dir), or an existing server by DSN.
+
+    PostgreSQL refuses to run as root, so under root the cluster is owned by and run as the
+    ``postgres`` system user; its data directory then lives where that user can reach it.
+    """
+
+    name = "postgres"
+    _USER = "analytics"
+    _PASSWORD = "analytics"  # local throwaway cluster bound to loopback; see docs/configuration
+    _DATABASE = "analytics"
+
+    def external(self, ctx: StackContext) -> bool:
+        return bool(ctx.environ.get("SA_POSTGRES_DSN"))
+
+    def prepare(self, ctx: StackContext) -> list[ProcessSpec]:
+        if self.external(ctx):
+            ctx.endpoints["SA_POSTGRES_DSN"] = ctx.environ["SA_POSTGRES_DSN"]
+            return []
+        bindir = _postgres_bindir()
+        default_port = urlsplit(ctx.setting("SA_POSTGRES_DSN")).port or 5432
+        port = ctx.port("postgres", default_port)
+        run_as = _postgres_run_as()
+        data = self._data_dir(ctx, run_as)
+        pgdata, sockets = data / "pgdata", data / "run"
+        sockets.mkdir(parents=True, exist_ok=True)
+        if run_as:
+            shutil.chown(data, run_as, run_as)
+            shutil.chown(sockets, run_as, run_as)
+        if not (pgdata / "PG_VERSION").exists():
+            pwfile = data / "pwfile"
+            pwfile.write_text(self._PASSWORD + "\n")
+            if run_as:
+                shutil.chown(pwfile, run_as, run_as)
+            _run_once([str(bindir / "initdb"), "-D", str(pgdata), "-U", self._USER, f"--pwfile={pwfile}",
+                       "--auth=scram-sha-256", "-E", "UTF8", "--no-instructions"],
+                      ctx.log_path("postgres-initdb"), "initdb", user=run_as)
+            pwfile.unlink()
+        ctx.endpoints["SA_POSTGRES_DSN"] = (
+            f"postgresql://{self._USER}:{self._PASSWORD}@{LOOPBACK}:{port}/{self._DATABASE}"
+        )
+        argv = [str(bindir / "postgres"), "-D", str(pgdata), "-p", str(port), "-k", str(sockets),
+                "-c", f"listen_addresses={LOOPBACK}", "-c", "max_connections=200",
+                "-c", "shared_buffers=256MB", "-c", "fsync=on", "-c", "logging_collector=off"]
+        # SIGTERM is PostgreSQL's "smart" shutdown; give it time to checkpoint.
+        return [ProcessSpec("postgres", argv, user=run_as, stop_timeout_s=30)]
+
+    @staticmethod
+    def _data_dir(ctx: StackContext, run_as: str | None) -> Path:
+        data = ctx.data_dir("postgres")
+        if run_as and not _accessible_by(run_as, data):
+            # e.g. a checkout under /root (mode 700): keep the cluster in a per-checkout temp dir.
+            key = base64.b32encode(str(ctx.stack_dir).encode()).decode()[-16:].lower()
+            data = Path("/var/tmp") / f"streaming-analytics-pg-{key}"
+            data.mkdir(parents=True, exist_ok=True)
+            (ctx.data_dir("postgres") / "LOCATION").write_text(f"{data}\n")
+        return data
+
+    def healthy(self, ctx: StackContext) -> bool:
+        import psycopg2
+
+        dsn = ctx.endpoints["SA_POSTGRES_DSN"]
+        if not self.external(ctx):
+            dsn = dsn.rsplit("/", 1)[0] + "/postgres"  # the database itself is created after start
+        with psycopg2.connect(dsn, connect_timeout=3) as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1")
+            return cur.fetchone() == (1,)
+
+    def after_start(self, ctx: StackContext) -> None:
+        if self.external(ctx):
+            return
+        import psycopg2
+
+        conn = psycopg2.connect(ctx.endpoints["SA_POSTGRES_DSN"].rsplit("/", 1)[0] + "/postgres")
+        conn.autocommit = True  # CREATE DATABASE cannot run in a transaction
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self._DATABASE,))
+                if cur.fetchone() is None:
+                    cur.execute(f'CREATE DATABASE "{self._DATABASE}"')
+        finally:
+            conn.close()
+
+    def urls(self, ctx: StackContext) -> dict[str, str]:
+        return {"PostgreSQL": _redact_password(ctx.endpoints["SA_POSTGRES_DSN"])}
+
+
+def _postgres_bindir() -> Path:
+    pg_config = shutil.which("pg_config")
+    candidates: list[Path] = []
+    if pg_config:
+        import subprocess
+
+        out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False)
+        candidates.append(Path(out.stdout.strip()))
+    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"),
+                         key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+                         reverse=True)
+    for candidate in candidates:
+        if (candidate / "initdb").exists() and (candidate / "postgres").exists():
+            return candidate
+    raise ComponentError("PostgreSQL server binaries not found: run `make install`")
+
+
+def _postgres_run_as() -> str | None:
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        raise ComponentError("running as root, but there is no `postgres` system user to run "
+                             "PostgreSQL as: run `make install` (it installs the postgresql package)") from None
+    return "postgres"
+
+
+def _accessible_by(user: str, path: Path) -> bool:
+    """Whether ``user`` can traverse every directory down to ``path`` (checked by mode bits)."""
+    entry = pwd.getpwnam(user)
+    for directory in [*reversed(path.resolve().parents), path.resolve()]:
+        st = directory.stat()
+        if st.st_uid == entry.pw_uid:
+            continue
+        if not st.st_mode & 0o001:  # neither owner nor (we assume) group: needs "others x"
+            return False
+    return True
+
+
+def _redact_password(dsn: str) -> str:
+    parts = urlsplit(dsn)
+    if parts.password:
+        return dsn.replace(f":{parts.password}@", ":***@", 1)
+    return dsn
+
+
+# --------------------------------------------------------------------------------------------------
+class Redis(Component):
+    """Redis with append-only persistence, so a restart in a fault test keeps the streams."""
+
+    name = "redis"
+
+    def prepare(self, ctx: StackContext) -> list[ProcessSpec]:
+        binary = shutil.which("redis-server")
+        if not binary:
+            raise ComponentError("redis-server not found: run `make install`")
+        port = ctx.port("redis", urlsplit(ctx.setting("SA_REDIS_URL")).port or 6379)
+        data = ctx.data_dir("redis")
+        ctx.endpoints["SA_REDIS_URL"] = f"redis://{LOOPBACK}:{port}/0"
+        argv = [binary, "--bind", LOOPBACK, "--port", str(port), "--dir", str(data),
+                "--protected-mode", "yes", "--daemonize", "no", "--appendonly", "yes",
+                "--appendfsync", "everysec", "--save", "", "--maxmemory-policy", "noeviction"]
+        return [ProcessSpec("redis", argv)]
+
+    def healthy(self, ctx: StackContext) -> bool:
+        import redis
+
+        client = redis.Redis.from_url(ctx.endpoints["SA_REDIS_URL"], socket_timeout=2)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+
+    def urls(self, ctx: StackContext) -> dict[str, str]:
+        return {"Redis": ctx.endpoints["SA_REDIS_URL"]}
+
+
+# --------------------------------------------------------------------------------------------------
+class Flink(Component):
+    """A Flink session cluster: one JobManager and one TaskManager, every address on loopback."""
+
+    name = "flink"
+    start_timeout_s = 120.0
+
+    def prepare(self, ctx: StackContext) -> list[ProcessSpec]:
+        home = ctx.tools_dir / "flink"
+        if not (home / "bin" / "jobmanager.sh").exists():
+            raise ComponentError(f"Flink distribution missing in {home}: run `make install`")
+        rest_port = ctx.port("flink-rest", urlsplit(ctx.setting("SA_FLINK_REST_URL")).port or 8081)
+        rpc_port = ctx.port("flink-rpc", 6123)
+        blob_port = ctx.port("flink-blob", 6124)
+        tm_rpc_port = ctx.port("flink-tm-rpc", 6125)
+        tm_data_port = ctx.port("flink-tm-data", 6126)
+        data = ctx.data_dir("flink")
+        conf = data / "conf"
+        if conf.exists():
+            shutil.rmtree(conf)
+        shutil.copytree(home / "conf", conf)
+        (conf / "config.yaml").write_text(json.dumps(_flink_config(
+            rest_port=rest_port, rpc_port=rpc_port, blob_port=blob_port, tm_rpc_port=tm_rpc_port,
+            tm_data_port=tm_data_port, slots=int(ctx.setting("SA_FLINK_TASK_SLOTS")), data=data,
+        ), indent=2))  # JSON is YAML: Flink 2's standard YAML parser reads it
+        ctx.endpoints["SA_FLINK_REST_URL"] = f"http://{LOOPBACK}:{rest_port}"
+        logs = ctx.stack_dir / "logs" / "flink"
+        logs.mkdir(parents=True, exist_ok=True)
+        env = {"FLINK_HOME": str(home.resolve()), "FLINK_CONF_DIR": str(conf), "FLINK_LOG_DIR": str(logs)}
+        return [
+            ProcessSpec("flink-jobmanager", [str(home / "bin" / "jobmanager.sh"), "start-foreground"],
+                        env=env, stop_timeout_s=30),
+            ProcessSpec("flink-taskmanager", [str(home / "bin" / "taskmanager.sh"), "start-foreground"],
+                        env=env, stop_timeout_s=30),
+        ]
+
+    def healthy(self, ctx: StackContext) -> bool:
+        overview = flink_overview(ctx.endpoints["SA_FLINK_REST_URL"])
+        return int(overview.get("taskmanagers", 0)) >= 1
+
+    def urls(self, ctx: StackContext) -> dict[str, str]:
+        return {"Flink web UI": ctx.endpoints["SA_FLINK_REST_URL"]}
+
+
+def flink_overview(rest_url: str) -> dict[str, object]:
+    """GET /overview of the Flink REST API."""
+    with urllib.request.urlopen(f"{rest_url}/overview", timeout=3) as resp:  # noqa: S310 - our URL
+        result: dict[str, object] = json.load(resp)
+        return result
+
+
+def _flink_config(*, rest_port: int, rpc_port: int, blob_port: int, tm_rpc_port: int, tm_data_port: int,
+                  slots: int, data: Path) -> dict[str, object]:
+    # Sized for a 2-core, 24 GiB machine: the Python SDK harness runs outside the TaskManager JVM.
+    return {
+        "jobmanager.rpc.address": LOOPBACK,
+        "jobmanager.rpc.port": rpc_port,
+        "jobmanager.bind-host": LOOPBACK,
+        "jobmanager.memory.process.size": "1024m",
+        "taskmanager.host": LOOPBACK,
+        "taskmanager.bind-host": LOOPBACK,
+        "taskmanager.rpc.port": tm_rpc_port,
+        "taskmanager.data.port": tm_data_port,
+        "taskmanager.numberOfTaskSlots": slots,
+        "taskmanager.memory.process.size": "2048m",
+        "rest.address": LOOPBACK,
+        "rest.bind-address": LOOPBACK,
+        "rest.port": rest_port,
+        "blob.server.port": blob_port,
+        "parallelism.default": slots,
+        "state.backend.type": "hashmap",
+        "execution.checkpointing.dir": f"file://{data / 'checkpoints'}",
+        "execution.checkpointing.savepoint-dir": f"file://{data / 'savepoints'}",
+        "execution.checkpointing.interval": "10s",
+        "execution.checkpointing.mode": "EXACTLY_ONCE",
+        "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
+        "execution.checkpointing.num-retained": 3,
+        "restart-strategy.type": "exponential-delay",
+        "metrics.internal.query-service.port": "0",
+        "web.submit.enable": True,
+        "web.cancel.enable": True,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+class Generator(Component):
+    """The event generator, producing a steady, realistic stream for ``make run``."""
+
+    name = "generator"
+    profile = "app"
+    depends_on = ("kafka",)
+    start_timeout_s = 30.0
+
+    def prepare(self, ctx: StackContext) -> list[ProcessSpec]:
+        rate = ctx.setting("SA_RUN_GENERATOR_RATE")
+        argv = [sys.executable, "-m", "streaming_analytics.generator", "--rate", rate, "--realtime"]
+        return [ProcessSpec("generator", argv, env=_child_env(ctx))]
+
+    def healthy(self, ctx: StackContext) -> bool:
+        from kafka import KafkaConsumer, TopicPartition
+
+        topic = ctx.setting("SA_KAFKA_TOPIC_EVENTS")
+        consumer = KafkaConsumer(bootstrap_servers=ctx.endpoints["SA_KAFKA_BOOTSTRAP"],
+                                 request_timeout_ms=5000)
+        try:
+            partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+            return sum(consumer.end_offsets(partitions).values()) > 0
+        finally:
+            consumer.close()
+
+    def urls(self, ctx: StackContext) -> dict[str, str]:
+        topic = ctx.setting("SA_KAFKA_TOPIC_EVENTS")
+        return {"Events (kcat)": f"kcat -b {ctx.endpoints['SA_KAFKA_BOOTSTRAP']} -t {topic} -C -o end"}
+
+
+def _child_env(ctx: StackContext) -> dict[str, str]:
+    """Environment for our own Python processes: the endpoints this stack actually bound."""
+    return {**ctx.endpoints, "SA_STACK_DIR": str(ctx.stack_dir)}
+
+
+# --------------------------------------------------------------------------------------------------
+def _java() -> str:
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and (Path(java_home) / "bin" / "java").exists():
+        return str(Path(java_home) / "bin" / "java")
+    java = shutil.which("java")
+    if not java:
+        raise ComponentError("java not found: run `make install`")
+    return java
+
+
+def _run_once(argv: list[str], log_path: Path, what: str, user: str | None = None) -> None:
+    import subprocess
+
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        result = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, user=user, group=user,  # noqa: S603
+                                extra_groups=[] if user else None, check=False)
+    if result.returncode != 0:
+        raise ComponentError(f"{what} failed with exit code {result.returncode}; see {log_path}")
+
+
+#: Every component, in start order. Stop order is the reverse.
+COMPONENTS: tuple[Component, ...] = (Kafka(), Postgres(), Redis(), Flink(), Generator())
+
+
+def by_name() -> dict[str, Component]:
+    return {c.name: c for c in COMPONENTS}
+
+
+__all__ = ["COMPONENTS", "Component", "ComponentError", "StackContext", "by_name", "flink_overview",
+           "wait_until"]

@@ -1,0 +1,61 @@
+"""Process supervision primitives: start and stop by PID, and never signal a stranger."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+from streaming_analytics.stack import process
+from streaming_analytics.stack.process import ProcessSpec, RunningProcess
+
+
+def sleeper(tmp_path: Path, name: str = "sleeper") -> RunningProcess:
+    spec = ProcessSpec(name, [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"],
+                       stop_timeout_s=5)
+    return process.start(spec, tmp_path / f"{name}.log")
+
+
+def test_start_records_identity_and_stop_ends_the_process(tmp_path: Path) -> None:
+    proc = sleeper(tmp_path)
+    assert proc.alive()
+    assert process.stop(proc) is True
+    assert not proc.alive()
+    assert process.stop(proc) is False  # idempotent
+
+
+def test_a_reused_pid_is_not_ours_and_is_left_alone(tmp_path: Path) -> None:
+    proc = sleeper(tmp_path)
+    impostor = RunningProcess(proc.name, proc.pid, proc.start_ticks + 1, proc.log)
+    try:
+        assert not impostor.alive()
+        assert process.stop(impostor) is False
+        assert proc.alive(), "stop() signalled a process whose start time does not match"
+    finally:
+        process.stop(proc)
+
+
+def test_stop_escalates_to_sigkill_when_sigterm_is_ignored(tmp_path: Path) -> None:
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    proc = process.start(ProcessSpec("stubborn", [sys.executable, "-c", code], stop_timeout_s=0.5),
+                         tmp_path / "stubborn.log")
+    assert process.stop(proc) is True
+    assert not proc.alive()
+
+
+def test_output_goes_to_the_log(tmp_path: Path) -> None:
+    proc = sleeper(tmp_path)
+    try:
+        process.wait_until(lambda: "up" in Path(proc.log).read_text(), 10, "log line")
+    finally:
+        process.stop(proc)
+
+
+def test_port_helpers_see_a_taken_port() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        taken = sock.getsockname()[1]
+        assert not process.port_is_free(taken)
+        other = process.free_port()
+        assert other != taken and process.port_is_free(other)

@@ -8,7 +8,8 @@
 #   2. the Python venv (.venv) with the pinned dependencies of requirements/constraints.txt
 #   3. a Flink distribution unpacked from the apache-flink wheels into .local/flink (NOT the venv:
 #      PyFlink pins an old apache-beam)
-#   4. Java artifacts from Maven Central: the Kafka broker's classpath, and Beam's Flink
+#   4. Beam's Prism runner, built from the Go module proxy (the local streaming runner)
+#   5. Java artifacts from Maven Central: the Kafka broker's classpath, and Beam's Flink
 #      job-server jar when the registry serves it
 set -euo pipefail
 
@@ -69,7 +70,9 @@ if ! stamp_ok venv "$venv_hash" || [[ ! -x "$VENV/bin/python" ]]; then
   say "creating the Python venv in .venv (first run downloads ~2 GB: Beam, TensorFlow, ...)"
   [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade "pip==25.3" "setuptools>=68,<81" wheel
-  "$VENV/bin/pip" install -q --progress-bar off -c requirements/constraints.txt -e ".[test]"
+  # compat mode puts the checkout itself on sys.path, so packages added later import at once.
+  "$VENV/bin/pip" install -q --progress-bar off -c requirements/constraints.txt \
+    --config-settings editable_mode=compat -e ".[test]"
   # Beam's tensorflow_inference imports tensorflow_hub; its declared deps would pull a second
   # TensorFlow, so it and tf-keras go in without them (see ../shared/STACK-NOTES.md).
   "$VENV/bin/pip" install -q --no-deps tensorflow-hub==0.16.1 tf-keras==2.21.0
@@ -88,7 +91,18 @@ if ! stamp_ok flink "$FLINK_VERSION" || [[ ! -x "$FLINK_DIR/pyflink/bin/jobmanag
   stamp_set flink "$FLINK_VERSION"
 fi
 
-# --- 4. Java artifacts ----------------------------------------------------------------------------
+# --- 4. Beam's Prism runner ------------------------------------------------------------------------
+# The local streaming runner while Beam's Flink job-server jar is not served (docs/status.md).
+# Built from the Go module proxy; the Go build cache makes rebuilds quick.
+PRISM_VERSION="v$BEAM_VERSION"
+if ! stamp_ok prism "$PRISM_VERSION" || [[ ! -x "$TOOLS/bin/prism" ]]; then
+  command -v go >/dev/null 2>&1 || fail "go not found: Prism is built with the Go toolchain"
+  say "building Beam's Prism runner $PRISM_VERSION from the Go module proxy (a few minutes the first time)"
+  GOBIN="$TOOLS/bin" GOFLAGS=-mod=mod go install "github.com/apache/beam/sdks/v2/go/cmd/prism@$PRISM_VERSION"
+  stamp_set prism "$PRISM_VERSION"
+fi
+
+# --- 5. Java artifacts ----------------------------------------------------------------------------
 KAFKA_LIBS="$TOOLS/kafka-$KAFKA_VERSION/libs"
 kafka_hash=$(hash_of tools/java/kafka/pom.xml)
 if ! stamp_ok kafka "$kafka_hash" || [[ ! -d "$KAFKA_LIBS" ]]; then

@@ -318,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--count", type=int, default=None, help="records to send (default: until Ctrl-C)")
     p.add_argument("--rate", type=float, default=1000.0, help="records per second of event time")
     p.add_argument("--realtime", action="store_true", help="pace sends at --rate, wall-clock event times")
-    p.add_argument("--start-ms", type=int, default=None, help="event time of the first record (logical clock)")
+    p.add_argument("--start-ms", type=int, default=None,
+                   help="event time of the first record (logical clock)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--block-size", type=int, default=1000)
     p.add_argument("--topic", default=settings.topic_events)
@@ -331,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.rate <= 0:
         p.error("--rate must be positive")
     fractions = Fractions(**{name: getattr(args, name) for name in defaults.as_dict()})
-    generator = EventGenerator(GeneratorConfig(seed=args.seed, fractions=fractions, block_size=args.block_size))
+    config = GeneratorConfig(seed=args.seed, fractions=fractions, block_size=args.block_size)
+    generator = EventGenerator(config)
 
     stopping = False
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 
 from kafka import KafkaAdminClient
@@ -23,10 +24,9 @@ def ensure_topics(bootstrap: str, partitions_by_topic: Mapping[str, int],
                    for topic, n in partitions_by_topic.items() if topic not in existing]
         if not missing:
             return []
-        try:
+        # A concurrent creator may win the race; the topic exists, which is all we need.
+        with contextlib.suppress(TopicAlreadyExistsError):
             admin.create_topics(missing, timeout_ms=15000)
-        except TopicAlreadyExistsError:
-            pass  # a concurrent creator won the race; the topic exists, which is all we need
         return [t.name for t in missing]
     finally:
         admin.close()

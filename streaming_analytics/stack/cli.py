@@ -105,6 +105,6 @@ def _logs(stack: Stack, component: str | None, follow: bool, lines: int) -> int:
         return 1
     argv = ["tail", "-n", str(lines)] + (["-F"] if follow else []) + [str(Path(f)) for f in files]
     try:
-        return subprocess.call(argv)  # noqa: S603
+        return subprocess.call(argv)
     except KeyboardInterrupt:
         return 0

@@ -89,7 +89,7 @@ class Component(ABC):
     def healthy(self, ctx: StackContext) -> bool:
         """A real round trip to the service: True once it serves requests."""
 
-    def after_start(self, ctx: StackContext) -> None:
+    def after_start(self, ctx: StackContext) -> None:  # noqa: B027 - optional hook, a no-op by default
         """One-off setup once healthy (topics, databases)."""
 
     def urls(self, ctx: StackContext) -> dict[str, str]:
@@ -119,10 +119,10 @@ class Kafka(Component):
                 f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{libs}/*"]
         if not (data / "log" / "meta.properties").exists():
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            _run_once(java + ["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(conf)],
+            _run_once([*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(conf)],
                       ctx.log_path("kafka-format"), "formatting Kafka storage")
         ctx.endpoints["SA_KAFKA_BOOTSTRAP"] = f"{LOOPBACK}:{port}"
-        return [ProcessSpec("kafka", java + ["kafka.Kafka", str(conf)], stop_timeout_s=30)]
+        return [ProcessSpec("kafka", [*java, "kafka.Kafka", str(conf)], stop_timeout_s=30)]
 
     def healthy(self, ctx: StackContext) -> bool:
         from kafka import KafkaAdminClient
@@ -200,7 +200,7 @@ class Postgres(Component):
 
     name = "postgres"
     _USER = "analytics"
-    _PASSWORD = "analytics"  # local throwaway cluster bound to loopback; see docs/configuration
+    _PASSWORD = "analytics"  # noqa: S105 - throwaway local cluster on loopback (docs/operations.md)
     _DATABASE = "analytics"
 
     def external(self, ctx: StackContext) -> bool:
@@ -244,7 +244,7 @@ class Postgres(Component):
         if run_as and not _accessible_by(run_as, data):
             # e.g. a checkout under /root (mode 700): keep the cluster in a per-checkout temp dir.
             key = base64.b32encode(str(ctx.stack_dir).encode()).decode()[-16:].lower()
-            data = Path("/var/tmp") / f"streaming-analytics-pg-{key}"
+            data = Path("/var/tmp") / f"streaming-analytics-pg-{key}"  # noqa: S108 - fixed, per-checkout name
             data.mkdir(parents=True, exist_ok=True)
             (ctx.data_dir("postgres") / "LOCATION").write_text(f"{data}\n")
         return data
@@ -302,7 +302,8 @@ def _postgres_run_as() -> str | None:
         pwd.getpwnam("postgres")
     except KeyError:
         raise ComponentError("running as root, but there is no `postgres` system user to run "
-                             "PostgreSQL as: run `make install` (it installs the postgresql package)") from None
+                             "PostgreSQL as: run `make install` (it installs the postgresql package)"
+                             ) from None
     return "postgres"
 
 
@@ -394,7 +395,7 @@ class Flink(Component):
 
     def healthy(self, ctx: StackContext) -> bool:
         overview = flink_overview(ctx.endpoints["SA_FLINK_REST_URL"])
-        return int(overview.get("taskmanagers", 0)) >= 1
+        return int(str(overview.get("taskmanagers", 0))) >= 1
 
     def urls(self, ctx: StackContext) -> dict[str, str]:
         return {"Flink web UI": ctx.endpoints["SA_FLINK_REST_URL"]}
@@ -462,7 +463,7 @@ class Generator(Component):
                                  request_timeout_ms=5000)
         try:
             partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-            return sum(consumer.end_offsets(partitions).values()) > 0
+            return bool(sum(consumer.end_offsets(partitions).values()) > 0)
         finally:
             consumer.close()
 
@@ -492,7 +493,7 @@ def _run_once(argv: list[str], log_path: Path, what: str, user: str | None = Non
 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
-        result = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, user=user, group=user,  # noqa: S603
+        result = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, user=user, group=user,
                                 extra_groups=[] if user else None, check=False)
     if result.returncode != 0:
         raise ComponentError(f"{what} failed with exit code {result.returncode}; see {log_path}")

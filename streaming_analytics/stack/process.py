@@ -8,6 +8,7 @@ never make us signal an unrelated process that reused the PID.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -74,7 +75,7 @@ def start(spec: ProcessSpec, log_path: Path) -> RunningProcess:
     with log_path.open("ab") as log:
         log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(spec.argv)}\n".encode())
         log.flush()
-        proc = subprocess.Popen(  # noqa: S603 - fixed argv built by our own components
+        proc = subprocess.Popen(  # fixed argv built by our own components
             spec.argv,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -133,10 +134,9 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
 
 
 def _reap(pid: int) -> None:
-    try:
+    # Not our child (started by an earlier supervisor)? Then init reaps it.
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass  # not our child (started by an earlier supervisor): init reaps it
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:

@@ -1,0 +1,1 @@
+"""Beam pipelines: the graphs that wire the transforms of ``transforms/`` together."""

@@ -1,0 +1,230 @@
+"""WindowedAggregates on the DirectRunner with TestStream: early, on-time and late panes with exact
+values per window, for fixed and sliding windows; out-of-order input; events later than the allowed
+lateness counted and dead-lettered; the pre-aggregation path equal to the plain one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from apache_beam.testing.test_stream import TestStream as _TestStream
+from apache_beam.testing.util import assert_that, equal_to, equal_to_per_window
+from apache_beam.transforms.window import IntervalWindow
+
+from streaming_analytics.streams import window_key
+from tests.unit.test_transforms_support import BASE_S, fixed_clock, run_and_count, streaming_pipeline, tv
+from transforms.aggregates import (
+    DEFAULT_DIMENSIONS,
+    AfterProcessingTimeMs,
+    Aggregate,
+    Dimension,
+    WindowedAggregates,
+    parse_dimensions,
+)
+from transforms.sketches import QuantileSketch
+
+pytestmark = pytest.mark.unit
+
+CATEGORY = (Dimension("category", ("category",)),)
+EMITTED_AT_MS = round(fixed_clock() * 1000)
+
+
+def _quantile(amounts: list[float], q: float) -> float:
+    sketch = QuantileSketch()
+    for a in amounts:
+        sketch.add(a)
+    estimate = sketch.quantile(q)
+    assert estimate is not None
+    return min(max(estimate, min(amounts)), max(amounts))
+
+
+def expected(kind: str, window_s: tuple[int, int], pane: int, timing: str,
+             items: list[tuple[float, str]], *, key: str = "books") -> Aggregate:
+    """The aggregate of ``items`` (amount, user) computed independently of the transform (the
+    amounts are exact binary fractions, so sums compare exactly; quantiles come from the sketch,
+    whose own error bound is tested in test_transforms_sketches)."""
+    amounts = [a for a, _ in items]
+    start_s, end_s = window_s
+    return Aggregate(
+        kind=kind, dimension="category", key=key,
+        window_start_ms=(BASE_S + start_s) * 1000, window_end_ms=(BASE_S + end_s) * 1000,
+        pane_index=pane, timing=timing, is_final=False,
+        count=len(items), sum_amount=sum(amounts), mean_amount=sum(amounts) / len(items),
+        min_amount=min(amounts), max_amount=max(amounts),
+        p50=_quantile(amounts, 0.5), p95=_quantile(amounts, 0.95), p99=_quantile(amounts, 0.99),
+        distinct_users=len({u for _, u in items}), emitted_at_ms=EMITTED_AT_MS,
+    )
+
+
+def _window(start_s: int, end_s: int) -> IntervalWindow:
+    return IntervalWindow(BASE_S + start_s, BASE_S + end_s)
+
+
+@pytest.mark.parametrize("pre_aggregate", [True, False])
+def test_fixed_windows_early_on_time_and_late_panes(pre_aggregate: bool) -> None:
+    stream = (
+        _TestStream()
+        .advance_watermark_to(BASE_S)
+        .add_elements([tv("e2", 2, 20.0, user="u2"), tv("e1", 1, 10.0, user="u1")])  # out of order
+        .advance_processing_time(1.1)  # early pane of [0, 60)
+        .add_elements([tv("e3", 3, 30.0, user="u1"), tv("e4", 61, 5.0, user="u3")])
+        .advance_watermark_to(BASE_S + 60)  # on time: [0, 60)
+        .add_elements([tv("e5", 10, 40.0, user="u4")])  # late, within the allowed 30 s
+        .advance_watermark_to(BASE_S + 120)  # on time: [60, 120)
+        .add_elements([tv("e6", 125, 1.0)])  # watermark estimate now 125
+        .add_elements([tv("e7", 20, 99.0)])  # [0, 60) closed at 90 < 125: too late
+        .advance_watermark_to_infinity()
+    )
+    p = streaming_pipeline()
+    out = p | stream | WindowedAggregates(
+        "fixed", size_s=60, early_firing_delay_s=1, allowed_lateness_s=30, max_out_of_orderness_s=0,
+        dimensions=CATEGORY, late_gate_shards=1, pre_aggregate=pre_aggregate, clock=fixed_clock,
+    )
+    first = [(10.0, "u1"), (20.0, "u2")]
+    assert_that(out["aggregates"], equal_to_per_window({
+        _window(0, 60): [
+            expected("fixed", (0, 60), 0, "EARLY", first),
+            expected("fixed", (0, 60), 1, "ON_TIME", [*first, (30.0, "u1")]),
+            expected("fixed", (0, 60), 2, "LATE", [*first, (30.0, "u1"), (40.0, "u4")]),
+        ],
+        _window(60, 120): [expected("fixed", (60, 120), 0, "ON_TIME", [(5.0, "u3")])],
+        _window(120, 180): [expected("fixed", (120, 180), 0, "ON_TIME", [(1.0, "u1")])],
+    }))
+    assert_that(
+        out["too_late"] | "Reason" >> _reason(), equal_to([("too_late", "e7")]), label="TooLate"
+    )
+    assert run_and_count(p) == {"too_late_events.fixed": 1}
+
+
+def _reason() -> Any:
+    import apache_beam as beam
+    import orjson
+
+    return beam.Map(lambda d: (d.reason_code, orjson.loads(d.raw)["event_id"]))
+
+
+def test_sliding_windows_on_time_and_late_panes() -> None:
+    stream = (
+        _TestStream()
+        .advance_watermark_to(BASE_S)
+        .add_elements([tv("e1", 10, 10.0), tv("e2", 70, 20.0, user="u2")])
+        .advance_processing_time(2)  # early panes of the three windows seen so far
+        .advance_watermark_to(BASE_S + 60)  # on time: [-60, 60)
+        .advance_watermark_to(BASE_S + 120)  # on time: [0, 120)
+        .add_elements([tv("e3", 50, 30.0, user="u3")])  # late for [-60, 60) and [0, 120)
+        .add_elements([tv("e4", 200, 1.0), tv("e5", 5, 99.0)])  # e5's newest window closed at 150
+        .advance_watermark_to_infinity()
+    )
+    p = streaming_pipeline()
+    out = p | stream | WindowedAggregates(
+        "sliding", size_s=120, period_s=60, early_firing_delay_s=1, allowed_lateness_s=30,
+        max_out_of_orderness_s=0, dimensions=CATEGORY, late_gate_shards=1, clock=fixed_clock,
+    )
+    e1, e2, e3, e4 = (10.0, "u1"), (20.0, "u2"), (30.0, "u3"), (1.0, "u1")
+    assert_that(out["aggregates"], equal_to_per_window({
+        _window(-60, 60): [
+            expected("sliding", (-60, 60), 0, "EARLY", [e1]),
+            expected("sliding", (-60, 60), 1, "ON_TIME", [e1]),
+            expected("sliding", (-60, 60), 2, "LATE", [e1, e3]),
+        ],
+        _window(0, 120): [
+            expected("sliding", (0, 120), 0, "EARLY", [e1, e2]),
+            expected("sliding", (0, 120), 1, "ON_TIME", [e1, e2]),
+            expected("sliding", (0, 120), 2, "LATE", [e1, e2, e3]),
+        ],
+        _window(60, 180): [
+            expected("sliding", (60, 180), 0, "EARLY", [e2]),
+            expected("sliding", (60, 180), 1, "ON_TIME", [e2]),
+        ],
+        _window(120, 240): [expected("sliding", (120, 240), 0, "ON_TIME", [e4])],
+        _window(180, 300): [expected("sliding", (180, 300), 0, "ON_TIME", [e4])],
+    }))
+    assert_that(
+        out["too_late"] | "Reason" >> _reason(), equal_to([("too_late", "e5")]), label="TooLate"
+    )
+    assert run_and_count(p) == {"too_late_events.sliding": 1}
+
+
+def test_early_firing_waits_for_the_processing_time_delay() -> None:
+    """2 s early delay: nothing after 1.5 s, one early pane (with both events) after 3 s."""
+    stream = (
+        _TestStream()
+        .advance_watermark_to(BASE_S)
+        .add_elements([tv("e1", 1, 1.0)])
+        .advance_processing_time(1.5)
+        .add_elements([tv("e2", 2, 2.0, user="u2")])
+        .advance_processing_time(1.5)
+        .advance_watermark_to_infinity()
+    )
+    p = streaming_pipeline()
+    out = p | stream | WindowedAggregates(
+        "fixed", size_s=60, early_firing_delay_s=2, dimensions=CATEGORY, clock=fixed_clock,
+    )
+    both = [(1.0, "u1"), (2.0, "u2")]
+    assert_that(out["aggregates"], equal_to_per_window({
+        _window(0, 60): [
+            expected("fixed", (0, 60), 0, "EARLY", both),
+            expected("fixed", (0, 60), 1, "ON_TIME", both),
+        ],
+    }))
+    p.run().wait_until_finish()
+
+
+def test_sub_second_early_delay_reaches_the_runner_in_milliseconds() -> None:
+    """What Flink reads is the trigger proto: 0.25 s must arrive as 250 ms. (Beam's own
+    AfterProcessingTime fails on a float delay, and the DirectRunner, which re-reads the proto in
+    Python, floors it to whole seconds — so sub-second timing itself is only observable on Flink.)"""
+    proto = AfterProcessingTimeMs(0.25).to_runner_api(None)
+    assert proto.after_processing_time.timestamp_transforms[0].delay.delay_millis == 250
+
+
+def test_every_dimension_gets_its_own_key() -> None:
+    stream = (
+        _TestStream()
+        .advance_watermark_to(BASE_S)
+        .add_elements([
+            tv("e1", 1, 1.0, event_type="view", country="DE", category="books"),
+            tv("e2", 2, 2.0, event_type="purchase", country="DE", category="books"),
+            tv("e3", 3, 4.0, event_type="purchase", country="DE", category="toys"),
+        ])
+        .advance_watermark_to_infinity()
+    )
+    p = streaming_pipeline()
+    out = p | stream | WindowedAggregates("fixed", dimensions=DEFAULT_DIMENSIONS, clock=fixed_clock)
+    assert_that(
+        out["aggregates"] | "KeyCount" >> _key_count(),
+        equal_to([
+            ("fixed|event_type_country|view|DE", 1, 1.0),
+            ("fixed|event_type_country|purchase|DE", 2, 6.0),
+            ("fixed|category|books", 2, 3.0),
+            ("fixed|category|toys", 1, 4.0),
+        ]),
+    )
+    p.run().wait_until_finish()
+
+
+def _key_count() -> Any:
+    import apache_beam as beam
+
+    return beam.Map(lambda a: (a.window_key.rsplit("|", 2)[0], a.count, a.sum_amount))
+
+
+def test_window_key_matches_the_stream_contract() -> None:
+    a = expected("fixed", (0, 60), 0, "EARLY", [(1.0, "u")])
+    assert a.window_key == window_key("fixed", "category", "books", a.window_start_ms, a.window_end_ms)
+    assert a.to_dict()["p99"] == a.p99
+
+
+def test_parse_dimensions_and_constructor_validation() -> None:
+    assert parse_dimensions("event_type+country, category") == DEFAULT_DIMENSIONS
+    with pytest.raises(ValueError, match="fields must be among"):
+        parse_dimensions("user_id")
+    with pytest.raises(ValueError, match="duplicate"):
+        parse_dimensions("category,category")
+    with pytest.raises(ValueError, match="kind"):
+        WindowedAggregates("session")
+    with pytest.raises(ValueError, match="period"):
+        WindowedAggregates("sliding", size_s=60, period_s=120)
+    sliding = WindowedAggregates("sliding")
+    assert (sliding.size_s, sliding.period_s) == (300, 60)
+    assert WindowedAggregates("fixed").retention_s == 60 + 120 + 60

@@ -1,0 +1,602 @@
+"""WindowedAggregates: per-dimension statistics of ``amount`` over fixed or sliding event-time windows.
+
+One instance per aggregate kind (``fixed``, ``sliding``); each is a chain of small, stably labelled
+steps (Flink savepoints bind state to these labels — never rename them):
+
+``KeyByShard`` → ``GateTooLate`` → ``KeyByDimension`` → ``Window`` → ``PreAggregate`` → ``Combine``
+→ ``AttachPane``
+
+* **Window**: event-time windows with the trigger written out in full::
+
+      AfterWatermark(early=AfterProcessingTime(early_firing_delay_s),  # speculative panes
+                     late=AfterCount(1))                                 # one pane per late batch
+
+  ACCUMULATING panes (every pane carries the whole window so far, so a reader keeps the newest and
+  drops the rest), allowed lateness as configured.
+* **PreAggregate / Combine**: a bundle-local partial aggregate per (dimension key, window), then a
+  CombinePerKey that merges partials. Beam's own combiner lifting does not apply here: the portable
+  runner skips it in streaming mode and the DirectRunner only lifts default windowing, so we do it
+  ourselves. Every part of the accumulator merges exactly (integer micro-unit sum, min/max,
+  histogram bucket counts, HyperLogLog registers), so the result does not depend on bundling.
+* **AttachPane**: turns each firing into an :class:`Aggregate` with the window bounds and the pane
+  (index, EARLY/ON_TIME/LATE, final flag) read from ``WindowParam``/``PaneInfoParam``.
+
+Late data beyond the allowed lateness (``GateTooLate``): Beam drops such data inside the GroupByKey
+without a trace, and Beam Python cannot read the watermark in a DoFn. So the gate estimates it: a
+stateful DoFn keyed by a shard of the event id keeps the maximum event time seen by its shard and
+takes ``max event time - max_out_of_orderness`` as the watermark estimate — the same bounded
+out-of-orderness rule the Kafka source uses to emit the real watermark. An event whose *newest*
+window closed (``window end + allowed lateness < estimate``) is refused: counted in
+``too_late_events.<kind>`` and sent to the ``too_late`` output as a :class:`DeadLetter`. The
+GroupByKey itself keeps windows for ``allowed_lateness + late_gate_margin`` so that it does not drop
+what the gate let in, as long as the real watermark runs at most ``late_gate_margin`` ahead of a
+shard's estimate. With traffic spread over all shards the estimate tracks the source's watermark
+closely (it is the max over one shard, the source's is a min over partitions, so it is usually
+*ahead*); the residual risk is a watermark advanced without events (an idle-source timeout),
+followed by events for windows closed more than the margin ago: those are dropped by the
+GroupByKey, uncounted. We chose this over the alternatives because it is exact in the common case,
+keyed (it scales out and its state is checkpointed by Flink), costs one small state read per event,
+and gives the DLQ the event itself, not just a number.
+"""
+
+# Beam 2.77 ships partial annotations: its transform constructors (ParDo, Map, CombinePerKey,
+# triggers, ...) are untyped, so calling them is reported everywhere; we disable only that code here.
+# mypy: disable-error-code="no-untyped-call"
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Final
+
+import apache_beam as beam
+from apache_beam.coders import VarIntCoder
+from apache_beam.metrics.metric import Metrics
+from apache_beam.portability.api import beam_runner_api_pb2
+from apache_beam.pvalue import PCollection, TaggedOutput
+from apache_beam.transforms import trigger, window
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+from apache_beam.typehints import Tuple
+from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import PaneInfoTiming, WindowedValue
+
+from streaming_analytics.events import Event
+from streaming_analytics.streams import window_key
+from transforms import metrics
+from transforms.records import DeadLetter
+from transforms.sketches import HyperLogLog, QuantileSketch
+
+FIXED: Final = "fixed"
+SLIDING: Final = "sliding"
+KINDS: Final = (FIXED, SLIDING)
+
+#: Tags of the two outputs of :class:`WindowedAggregates`.
+AGGREGATES: Final = "aggregates"
+TOO_LATE: Final = "too_late"
+
+#: Reason code of events refused by the late-data gate.
+TOO_LATE_REASON: Final = "too_late"
+
+DEFAULT_FIXED_SIZE_S: Final = 60.0
+DEFAULT_SLIDING_SIZE_S: Final = 300.0
+DEFAULT_SLIDING_PERIOD_S: Final = 60.0
+DEFAULT_EARLY_FIRING_DELAY_S: Final = 1.0
+DEFAULT_ALLOWED_LATENESS_S: Final = 120.0
+DEFAULT_MAX_OUT_OF_ORDERNESS_S: Final = 5.0
+DEFAULT_LATE_GATE_MARGIN_S: Final = 60.0
+DEFAULT_LATE_GATE_SHARDS: Final = 16
+
+_STRING_FIELDS: Final = frozenset({"event_type", "country", "category", "currency", "item_id"})
+
+
+# --------------------------------------------------------------------------------------------------
+# Dimensions
+
+
+@dataclass(frozen=True, slots=True)
+class Dimension:
+    """A grouping of events: ``name`` as stored with each row, ``fields`` whose values form the key.
+
+    The key is the field values joined with ``|``, e.g. ``event_type_country`` → ``purchase|DE``.
+    """
+
+    name: str
+    fields: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        unknown = [f for f in self.fields if f not in _STRING_FIELDS]
+        if not self.fields or unknown:
+            raise ValueError(
+                f"dimension {self.name!r}: fields must be among {sorted(_STRING_FIELDS)}, got {self.fields}"
+            )
+
+    def key_of(self, event: Event) -> str:
+        """The dimension key of an event."""
+        return "|".join(getattr(event, f) for f in self.fields)
+
+
+DEFAULT_DIMENSIONS: Final = (
+    Dimension("event_type_country", ("event_type", "country")),
+    Dimension("category", ("category",)),
+)
+
+
+def parse_dimensions(spec: str) -> tuple[Dimension, ...]:
+    """Parse ``"event_type+country,category"``: comma-separated dimensions, ``+`` joining fields.
+
+    The dimension's name is its fields joined with ``_`` (``event_type_country``).
+    """
+    dimensions = []
+    for part in spec.split(","):
+        fields = tuple(f.strip() for f in part.split("+") if f.strip())
+        if fields:
+            dimensions.append(Dimension("_".join(fields), fields))
+    if not dimensions:
+        raise ValueError(f"no dimension in {spec!r}")
+    names = [d.name for d in dimensions]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate dimension in {spec!r}")
+    return tuple(dimensions)
+
+
+# --------------------------------------------------------------------------------------------------
+# The combine function
+
+
+class AggregateAccumulator:
+    """Partial statistics of a set of events; every field merges exactly (see the module docstring).
+
+    ``sum_micros`` is the sum of ``round(amount * 1e6)``: an integer, so the sum is the same for any
+    grouping and order of partials (a float sum is not), exact to 1e-6 per event.
+    """
+
+    __slots__ = ("count", "max", "min", "quantiles", "sum_micros", "users")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.sum_micros = 0
+        self.min = float("inf")
+        self.max = float("-inf")
+        self.quantiles = QuantileSketch()
+        self.users = HyperLogLog()
+
+    def add(self, event: Event) -> None:
+        amount = event.amount
+        self.count += 1
+        self.sum_micros += round(amount * 1_000_000)
+        self.min = min(self.min, amount)
+        self.max = max(self.max, amount)
+        self.quantiles.add(amount)
+        self.users.add(event.user_id)
+
+    def merge(self, other: AggregateAccumulator) -> None:
+        self.count += other.count
+        self.sum_micros += other.sum_micros
+        self.min = min(self.min, other.min)
+        self.max = max(self.max, other.max)
+        self.quantiles.merge(other.quantiles)
+        self.users.merge(other.users)
+
+
+@dataclass(frozen=True, slots=True)
+class AmountStats:
+    """What the combine step outputs per key and pane; :class:`Aggregate` adds window and pane."""
+
+    count: int
+    sum_amount: float
+    mean_amount: float
+    min_amount: float
+    max_amount: float
+    p50: float
+    p95: float
+    p99: float
+    distinct_users: int
+
+
+class EventStatsFn(beam.CombineFn):
+    """Events → :class:`AmountStats`: exact count/sum/mean/min/max, approximate p50/p95/p99
+    (relative error ≤ 1 %, :class:`QuantileSketch`) and distinct users (≈1.6 % standard error,
+    :class:`HyperLogLog`)."""
+
+    def create_accumulator(self) -> AggregateAccumulator:
+        return AggregateAccumulator()
+
+    def add_input(self, accumulator: AggregateAccumulator, event: Event) -> AggregateAccumulator:
+        accumulator.add(event)
+        return accumulator
+
+    def merge_accumulators(self, accumulators: Iterable[AggregateAccumulator]) -> AggregateAccumulator:
+        it = iter(accumulators)
+        result = next(it, None) or AggregateAccumulator()
+        for other in it:
+            result.merge(other)
+        return result
+
+    def extract_output(self, accumulator: AggregateAccumulator) -> AmountStats:
+        return stats_of(accumulator)
+
+
+class MergePartialsFn(EventStatsFn):
+    """Like :class:`EventStatsFn`, but its inputs are partial accumulators (from ``PreAggregate``)."""
+
+    def add_input(  # type: ignore[override]
+        self, accumulator: AggregateAccumulator, partial: AggregateAccumulator
+    ) -> AggregateAccumulator:
+        accumulator.merge(partial)
+        return accumulator
+
+
+def stats_of(acc: AggregateAccumulator) -> AmountStats:
+    """Final statistics of an accumulator (all zero for an empty one, which Beam never emits)."""
+    if acc.count == 0:
+        return AmountStats(0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0)
+    total = acc.sum_micros / 1_000_000
+
+    def q(p: float) -> float:
+        value = acc.quantiles.quantile(p)
+        assert value is not None
+        # Clamping to the exact extremes never moves the estimate away from the true order statistic.
+        return min(max(value, acc.min), acc.max)
+
+    return AmountStats(
+        count=acc.count,
+        sum_amount=total,
+        mean_amount=total / acc.count,
+        min_amount=acc.min,
+        max_amount=acc.max,
+        p50=q(0.50),
+        p95=q(0.95),
+        p99=q(0.99),
+        distinct_users=acc.users.estimate(),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# The output record
+
+
+@dataclass(frozen=True, slots=True)
+class Aggregate:
+    """One pane of one window of one dimension key: the aggregate payload of the sinks and streams.
+
+    ``is_final`` is Beam's ``PaneInfo.is_last``. Beam Python cannot ask for a closing pane
+    (Java's ``ClosingBehavior.FIRE_ALWAYS``), so a window usually ends without a pane marked
+    final: a consumer knows a window is complete once the watermark has passed its end + allowed
+    lateness + the late gate's margin. Within a window, a higher ``pane_index`` always supersedes.
+    """
+
+    kind: str
+    dimension: str
+    key: str
+    window_start_ms: int
+    window_end_ms: int
+    pane_index: int
+    timing: str
+    is_final: bool
+    count: int
+    sum_amount: float
+    mean_amount: float
+    min_amount: float
+    max_amount: float
+    p50: float
+    p95: float
+    p99: float
+    distinct_users: int
+    emitted_at_ms: int
+
+    @property
+    def window_key(self) -> str:
+        """Identity of the window (Postgres primary key, stream entry ``key``)."""
+        return window_key(self.kind, self.dimension, self.key, self.window_start_ms, self.window_end_ms)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The payload as a JSON-ready dict."""
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------------------
+# Triggers
+
+
+class AfterProcessingTimeMs(trigger.AfterProcessingTime):
+    """``AfterProcessingTime`` whose delay may be sub-second on a portable runner (Flink).
+
+    Beam 2.77's ``AfterProcessingTime.to_runner_api`` writes ``delay * 1000`` into an int64 proto
+    field, which fails for a float delay; this writes whole milliseconds. (Its ``from_runner_api``
+    still floors to whole seconds, which only matters where Python re-reads the proto.)
+    """
+
+    def to_runner_api(self, context: Any) -> Any:
+        delay_proto = beam_runner_api_pb2.TimestampTransform(
+            delay=beam_runner_api_pb2.TimestampTransform.Delay(delay_millis=round(self.delay * 1000))
+        )
+        return beam_runner_api_pb2.Trigger(
+            after_processing_time=beam_runner_api_pb2.Trigger.AfterProcessingTime(
+                timestamp_transforms=[delay_proto]
+            )
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# The steps
+
+
+def _ms(ts: Timestamp) -> int:
+    return int(ts.micros // 1000)
+
+
+_MAX_EVENT_MS = ReadModifyWriteStateSpec("max_event_ms", VarIntCoder())
+_MAX_EVENT_MS_PARAM = beam.DoFn.StateParam(_MAX_EVENT_MS)
+
+
+class _LateGateFn(beam.DoFn):
+    """Keyed by shard: refuse events whose newest window closed by the shard's watermark estimate."""
+
+    def __init__(
+        self,
+        *,
+        kind: str,
+        size_ms: int,
+        period_ms: int,
+        allowed_lateness_ms: int,
+        max_out_of_orderness_ms: int,
+        clock: Callable[[], float],
+    ) -> None:
+        super().__init__()
+        self._kind = kind
+        self._size_ms = size_ms
+        self._period_ms = period_ms
+        self._lateness_ms = allowed_lateness_ms
+        self._ooo_ms = max_out_of_orderness_ms
+        self._clock = clock
+        self._too_late = Metrics.counter(metrics.NAMESPACE, metrics.too_late_events(kind))
+
+    def process(
+        self,
+        element: tuple[int, Event],
+        max_event_ms: Any = _MAX_EVENT_MS_PARAM,
+    ) -> Iterator[Any]:
+        event = element[1]
+        t = event.event_time_ms
+        seen = max_event_ms.read()
+        if seen is None or t > seen:
+            max_event_ms.write(t)
+            seen = t
+        # The newest window containing t (sliding windows start every period; fixed: period = size).
+        newest_end = t - t % self._period_ms + self._size_ms
+        estimate = seen - self._ooo_ms
+        if estimate > newest_end + self._lateness_ms:
+            self._too_late.inc()
+            yield TaggedOutput(
+                TOO_LATE,
+                DeadLetter(
+                    raw=event.to_json(),
+                    reason_code=TOO_LATE_REASON,
+                    reason_detail=(
+                        f"{self._kind} windows of event time {t} closed at "
+                        f"{newest_end + self._lateness_ms} (window end + allowed lateness); "
+                        f"watermark estimate {estimate}"
+                    ),
+                    topic=None,
+                    partition=None,
+                    offset=None,
+                    failed_at_ms=int(self._clock() * 1000),
+                ),
+            )
+            return
+        yield event
+
+
+class _PreAggregateFn(beam.DoFn):
+    """Bundle-local partial aggregate per (dimension key, window), emitted at the end of the bundle.
+
+    It turns one element per event into one per key and window per bundle before the shuffle. The
+    partials keep their window (so the GroupByKey's lateness decision is the same as for the raw
+    events) and the earliest timestamp of their events (a valid timestamp inside the window).
+    """
+
+    def start_bundle(self) -> None:
+        self._partials: dict[tuple[Any, window.BoundedWindow], list[Any]] = {}
+
+    def process(
+        self,
+        element: tuple[tuple[str, str], Event],
+        win: Any = beam.DoFn.WindowParam,
+        timestamp: Any = beam.DoFn.TimestampParam,
+    ) -> None:
+        slot = self._partials.get((element[0], win))
+        if slot is None:
+            slot = [AggregateAccumulator(), timestamp]
+            self._partials[(element[0], win)] = slot
+        elif timestamp < slot[1]:
+            slot[1] = timestamp
+        slot[0].add(element[1])
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        partials, self._partials = self._partials, {}
+        for (key, win), (acc, timestamp) in partials.items():
+            yield WindowedValue((key, acc), timestamp, (win,))
+
+
+class _AttachPaneFn(beam.DoFn):
+    """Combine output + window + pane info → :class:`Aggregate`."""
+
+    def __init__(self, kind: str, clock: Callable[[], float]) -> None:
+        super().__init__()
+        self._kind = kind
+        self._clock = clock
+
+    def process(
+        self,
+        element: tuple[tuple[str, str], AmountStats],
+        win: Any = beam.DoFn.WindowParam,
+        pane: Any = beam.DoFn.PaneInfoParam,
+    ) -> Iterator[Aggregate]:
+        (dimension, key), s = element
+        yield Aggregate(
+            kind=self._kind,
+            dimension=dimension,
+            key=key,
+            window_start_ms=_ms(win.start),
+            window_end_ms=_ms(win.end),
+            pane_index=pane.index,
+            timing=PaneInfoTiming.to_string(pane.timing),
+            is_final=pane.is_last,
+            count=s.count,
+            sum_amount=s.sum_amount,
+            mean_amount=s.mean_amount,
+            min_amount=s.min_amount,
+            max_amount=s.max_amount,
+            p50=s.p50,
+            p95=s.p95,
+            p99=s.p99,
+            distinct_users=s.distinct_users,
+            emitted_at_ms=int(self._clock() * 1000),
+        )
+
+
+def _shard_of(shards: int) -> Callable[[Event], tuple[int, Event]]:
+    def key(event: Event) -> tuple[int, Event]:
+        # crc32, not hash(): Python salts str hashes per process.
+        return zlib.crc32(event.event_id.encode()) % shards, event
+
+    return key
+
+
+_Keyed = tuple[tuple[str, str], Event]
+
+
+def _by_dimension(dimensions: Sequence[Dimension]) -> Callable[[Event], Iterator[_Keyed]]:
+    def fan_out(event: Event) -> Iterator[_Keyed]:
+        for d in dimensions:
+            yield (d.name, d.key_of(event)), event
+
+    return fan_out
+
+
+class WindowedAggregates(beam.PTransform[Any, Any]):
+    """Per-dimension window aggregates of timestamped, deduplicated events (see the module docstring).
+
+    Args:
+        kind: ``"fixed"`` or ``"sliding"``.
+        size_s: window size (default 60 s fixed, 300 s sliding).
+        period_s: sliding period (default 60 s; must be None or equal to size for fixed windows).
+        early_firing_delay_s: processing-time delay after the first element of a pane before an
+            EARLY pane fires (default 1 s; sub-second allowed).
+        allowed_lateness_s: how long after the watermark passes a window's end late events still
+            update it, each in a LATE pane (default 120 s).
+        dimensions: the groupings (default: event type x country, category).
+        max_out_of_orderness_s: the late gate's bound (keep it equal to the source's), default 5 s.
+        late_gate_margin_s: extra time the GroupByKey keeps a window beyond the allowed lateness.
+        late_gate_shards: parallelism of the late gate.
+        pre_aggregate: combine per bundle before the shuffle (exact; off only to compare in tests).
+        clock: wall clock (seconds) for ``emitted_at_ms`` and ``failed_at_ms``; tests inject one.
+
+    Output: dict with ``aggregates`` (:class:`Aggregate` per key, window and pane) and ``too_late``
+    (:class:`DeadLetter`\\ s). Counter ``too_late_events.<kind>``.
+    """
+
+    def __init__(
+        self,
+        kind: str = FIXED,
+        *,
+        size_s: float | None = None,
+        period_s: float | None = None,
+        early_firing_delay_s: float = DEFAULT_EARLY_FIRING_DELAY_S,
+        allowed_lateness_s: float = DEFAULT_ALLOWED_LATENESS_S,
+        dimensions: Sequence[Dimension] = DEFAULT_DIMENSIONS,
+        max_out_of_orderness_s: float = DEFAULT_MAX_OUT_OF_ORDERNESS_S,
+        late_gate_margin_s: float = DEFAULT_LATE_GATE_MARGIN_S,
+        late_gate_shards: int = DEFAULT_LATE_GATE_SHARDS,
+        pre_aggregate: bool = True,
+        clock: Callable[[], float] = time.time,
+        label: str | None = None,
+    ) -> None:
+        super().__init__(label)
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if size_s is None:
+            size_s = DEFAULT_FIXED_SIZE_S if kind == FIXED else DEFAULT_SLIDING_SIZE_S
+        if period_s is None:
+            period_s = size_s if kind == FIXED else DEFAULT_SLIDING_PERIOD_S
+        if kind == FIXED and period_s != size_s:
+            raise ValueError("fixed windows have no period distinct from their size")
+        if not 0 < period_s <= size_s:
+            raise ValueError(f"need 0 < period_s <= size_s, got period {period_s}, size {size_s}")
+        if size_s * 1000 % 1 or period_s * 1000 % 1:
+            raise ValueError("window size and period must be whole milliseconds")
+        if early_firing_delay_s < 0 or allowed_lateness_s < 0 or max_out_of_orderness_s < 0:
+            raise ValueError("delays, lateness and out-of-orderness must be >= 0")
+        if late_gate_margin_s < 0 or late_gate_shards < 1:
+            raise ValueError("late_gate_margin_s must be >= 0 and late_gate_shards >= 1")
+        if not dimensions:
+            raise ValueError("at least one dimension is required")
+        self.kind = kind
+        self.size_s = size_s
+        self.period_s = period_s
+        self.early_firing_delay_s = early_firing_delay_s
+        self.allowed_lateness_s = allowed_lateness_s
+        self.dimensions = tuple(dimensions)
+        self.max_out_of_orderness_s = max_out_of_orderness_s
+        self.late_gate_margin_s = late_gate_margin_s
+        self.late_gate_shards = late_gate_shards
+        self.pre_aggregate = pre_aggregate
+        self.clock = clock
+
+    @property
+    def retention_s(self) -> float:
+        """How long after a window's start the GroupByKey may still update it (for dedup sizing)."""
+        return self.size_s + self.allowed_lateness_s + self.late_gate_margin_s
+
+    def _window_fn(self) -> window.WindowFn:
+        if self.kind == FIXED:
+            return window.FixedWindows(self.size_s)
+        return window.SlidingWindows(self.size_s, self.period_s)
+
+    def expand(self, events: PCollection[Any]) -> dict[str, PCollection[Any]]:
+        gate = (
+            events
+            | "KeyByShard" >> beam.Map(_shard_of(self.late_gate_shards)).with_output_types(Tuple[int, Any])
+            | "GateTooLate"
+            >> beam.ParDo(
+                _LateGateFn(
+                    kind=self.kind,
+                    size_ms=round(self.size_s * 1000),
+                    period_ms=round(self.period_s * 1000),
+                    allowed_lateness_ms=round(self.allowed_lateness_s * 1000),
+                    max_out_of_orderness_ms=round(self.max_out_of_orderness_s * 1000),
+                    clock=self.clock,
+                )
+            ).with_outputs(TOO_LATE, main="events")
+        )
+        windowed = (
+            gate.events
+            | "KeyByDimension" >> beam.FlatMap(_by_dimension(self.dimensions))
+            | "Window"
+            >> beam.WindowInto(
+                self._window_fn(),
+                # Early: a speculative pane `early_firing_delay_s` of processing time after the first
+                # element of the pane; on time: when the watermark passes the window end; late: one
+                # pane per late element (batch) until the allowed lateness is over.
+                trigger=trigger.AfterWatermark(
+                    early=AfterProcessingTimeMs(self.early_firing_delay_s),
+                    late=trigger.AfterCount(1),
+                ),
+                accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
+                # The gate enforces allowed_lateness; the margin keeps the GroupByKey from dropping
+                # what the gate let in (see the module docstring).
+                allowed_lateness=self.allowed_lateness_s + self.late_gate_margin_s,
+            )
+        )
+        if self.pre_aggregate:
+            combined = (
+                windowed
+                | "PreAggregate" >> beam.ParDo(_PreAggregateFn())
+                | "Combine" >> beam.CombinePerKey(MergePartialsFn())
+            )
+        else:
+            combined = windowed | "Combine" >> beam.CombinePerKey(EventStatsFn())
+        aggregates = combined | "AttachPane" >> beam.ParDo(_AttachPaneFn(self.kind, self.clock))
+        return {AGGREGATES: aggregates, TOO_LATE: gate[TOO_LATE]}

@@ -1,0 +1,434 @@
+"""Kafka source for Beam Python, on kafka-python: ``ReadFromKafka``.
+
+Beam's own ``ReadFromKafka`` is a Java cross-language transform (it needs a Java expansion
+service and a Java SDK harness); this one is pure Python. It is built on Beam's
+``UnboundedSource`` API (``apache_beam.io.unbounded_source``, Beam >= 2.76), which runs it as a
+splittable DoFn with self-checkpointing, a manual watermark estimator and bundle finalization —
+the same shape as Java's KafkaIO:
+
+* **One sub-source per partition.** ``split()`` lists the topic's partitions; each sub-source's
+  restriction carries a :class:`KafkaCheckpointMark` (the next offset to read and the highest event
+  time seen), so a Flink checkpoint or savepoint holds the exact position of every partition and a
+  restored job resumes there: no gap, no replay into the results.
+* **Event-time watermark with bounded out-of-orderness.** Each record's timestamp is its event
+  time (``event_time_ms`` taken from the payload without a full parse; the Kafka timestamp when
+  the payload has none, e.g. a malformed record). The watermark is the highest event time seen
+  minus ``max_out_of_orderness_ms``; event times more than ``max_future_skew_ms`` ahead of the
+  wall clock count only up to that horizon, so one record from a broken clock cannot push the
+  watermark into the future and make every honest event late. A partition that is caught up and
+  idle for ``idle_timeout_s`` advances its watermark with the wall clock (minus the same bound),
+  so one quiet partition does not stall every window; ``idle_timeout_s=None`` disables that
+  (for replays of old data).
+* **Offsets committed back** to the consumer group when the runner finalizes a checkpoint, so
+  consumer lag is observable with the usual Kafka tools. The pipeline never *reads* committed
+  offsets except as a start position (``start="committed"``): its position is its checkpoint.
+* **Batches, reused consumers.** A reader owns one ``KafkaConsumer`` (``assign``, no group
+  membership) and polls batches; Beam parks the live reader between bundles.
+* **Bounded mode** (``bounded=True``): the end offsets at split time are the stop offsets; each
+  partition finishes there (watermark to +inf), so a batch run or a test terminates.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Final
+
+import apache_beam as beam
+from apache_beam import coders
+from apache_beam.coders import Coder
+from apache_beam.io.unbounded_source import (
+    CheckpointMark,
+    ReadFromUnboundedSource,
+    UnboundedReader,
+    UnboundedSource,
+)
+from apache_beam.metrics.metric import Metrics
+from apache_beam.pvalue import PBegin, PCollection
+from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Timestamp
+
+from transforms import metrics
+from transforms.records import KafkaRecord
+
+_LOG = logging.getLogger(__name__)
+
+START_POSITIONS: Final = ("committed", "earliest", "latest")
+_TIME_FIELD: Final = b'"event_time_ms"'
+
+
+def event_time_from_payload(value: bytes | None) -> int | None:
+    """``event_time_ms`` of a JSON event without parsing the whole document (hot path).
+
+    Returns None when the field is absent or not an integer; the caller then falls back to the
+    Kafka timestamp. Validation proper happens in ``ParseEvents``.
+    """
+    if not value:
+        return None
+    i = value.find(_TIME_FIELD)
+    if i < 0:
+        return None
+    i += len(_TIME_FIELD)
+    n = len(value)
+    while i < n and value[i] in b" \t\r\n:":
+        i += 1
+    j = i
+    while j < n and 48 <= value[j] <= 57:
+        j += 1
+    if j == i or j - i > 15 or (j < n and value[j] in b".eE"):
+        return None
+    return int(value[i:j])
+
+
+# --- checkpoint mark -------------------------------------------------------------------------------
+@dataclass
+class KafkaCheckpointMark(CheckpointMark):
+    """Resume position of one partition: the next offset to read, and the watermark state."""
+
+    next_offset: int
+    max_event_time_ms: int
+    # Where to commit on finalization; not part of the position itself.
+    bootstrap: str = field(default="", compare=False)
+    topic: str = field(default="", compare=False)
+    partition: int = field(default=0, compare=False)
+    group_id: str | None = field(default=None, compare=False)
+
+    def finalize_checkpoint(self) -> None:
+        """Commit ``next_offset`` to the consumer group (idempotent: an absolute offset)."""
+        if not self.group_id or self.next_offset < 0:
+            return
+        _OffsetCommitter.get(self.bootstrap, self.group_id).commit(self.topic, self.partition,
+                                                                   self.next_offset)
+
+    def __hash__(self) -> int:
+        return hash((self.next_offset, self.max_event_time_ms))
+
+
+class KafkaCheckpointMarkCoder(Coder):
+    """Compact, deterministic encoding: two int64s, then the commit coordinates."""
+
+    _HEAD = struct.Struct(">qqi")
+
+    def encode(self, value: KafkaCheckpointMark) -> bytes:
+        strings = [value.bootstrap, value.topic, value.group_id or ""]
+        encoded = [s.encode() for s in strings]
+        return (self._HEAD.pack(value.next_offset, value.max_event_time_ms, value.partition)
+                + b"".join(struct.pack(">H", len(e)) + e for e in encoded))
+
+    def decode(self, encoded: bytes) -> KafkaCheckpointMark:
+        next_offset, max_time, partition = self._HEAD.unpack_from(encoded)
+        pos = self._HEAD.size
+        strings = []
+        for _ in range(3):
+            (length,) = struct.unpack_from(">H", encoded, pos)
+            pos += 2
+            strings.append(encoded[pos:pos + length].decode())
+            pos += length
+        return KafkaCheckpointMark(next_offset, max_time, strings[0], strings[1], partition,
+                                   strings[2] or None)
+
+    def is_deterministic(self) -> bool:
+        return True
+
+
+class KafkaRecordCoder(Coder):
+    """Fast coder for :class:`KafkaRecord` (pickling a dataclass per element is slow)."""
+
+    _HEAD = struct.Struct(">iqqii")  # partition, offset, timestamp (-1: none), key len, value len
+
+    def encode(self, r: KafkaRecord) -> bytes:
+        topic = r.topic.encode()
+        key_len = -1 if r.key is None else len(r.key)
+        value_len = -1 if r.value is None else len(r.value)
+        ts = -1 if r.timestamp_ms is None else r.timestamp_ms
+        return b"".join((struct.pack(">H", len(topic)), topic,
+                         self._HEAD.pack(r.partition, r.offset, ts, key_len, value_len),
+                         r.key or b"", r.value or b""))
+
+    def decode(self, b: bytes) -> KafkaRecord:
+        (topic_len,) = struct.unpack_from(">H", b)
+        pos = 2 + topic_len
+        topic = b[2:pos].decode()
+        partition, offset, ts, key_len, value_len = self._HEAD.unpack_from(b, pos)
+        pos += self._HEAD.size
+        key = None if key_len < 0 else b[pos:pos + key_len]
+        pos += max(key_len, 0)
+        value = None if value_len < 0 else b[pos:pos + value_len]
+        return KafkaRecord(topic, partition, offset, key, value, None if ts < 0 else ts)
+
+    def is_deterministic(self) -> bool:
+        return True
+
+    def to_type_hint(self) -> type:
+        return KafkaRecord
+
+
+coders.registry.register_coder(KafkaRecord, KafkaRecordCoder)  # type: ignore[attr-defined]
+
+
+class _OffsetCommitter:
+    """One group-committing consumer per (bootstrap, group) per worker process."""
+
+    _instances: ClassVar[dict[tuple[str, str], _OffsetCommitter]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, bootstrap: str, group_id: str) -> None:
+        from kafka import KafkaConsumer
+
+        self._consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id,
+                                       enable_auto_commit=False, client_id="sa-offset-committer")
+        self._commit_lock = threading.Lock()
+        self.commits: Any = Metrics.counter(metrics.NAMESPACE, metrics.KAFKA_OFFSET_COMMITS)
+
+    @classmethod
+    def get(cls, bootstrap: str, group_id: str) -> _OffsetCommitter:
+        with cls._lock:
+            key = (bootstrap, group_id)
+            if key not in cls._instances:
+                cls._instances[key] = cls(bootstrap, group_id)
+            return cls._instances[key]
+
+    def commit(self, topic: str, partition: int, offset: int) -> None:
+        from kafka import TopicPartition
+        from kafka.structs import OffsetAndMetadata
+
+        with self._commit_lock:
+            self._consumer.commit({TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)})
+        self.commits.inc()
+
+
+# --- source and reader ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class KafkaSourceConfig:
+    """Everything a reader needs; small and stable, because Beam pickles it into every restriction."""
+
+    bootstrap: str
+    topic: str
+    group_id: str | None
+    start: str = "committed"
+    max_out_of_orderness_ms: int = 5_000
+    idle_timeout_s: float | None = 5.0
+    max_future_skew_ms: int = 60_000
+    max_poll_records: int = 2_000
+    poll_timeout_ms: int = 50
+    bounded: bool = False
+
+    def __post_init__(self) -> None:
+        if self.start not in START_POSITIONS:
+            raise ValueError(f"start={self.start!r}; expected one of {', '.join(START_POSITIONS)}")
+        if self.max_out_of_orderness_ms < 0:
+            raise ValueError("max_out_of_orderness_ms must be >= 0")
+
+
+class KafkaPartitionSource(UnboundedSource):
+    """The whole topic before ``split()``; one partition after it."""
+
+    def __init__(self, config: KafkaSourceConfig, partition: int | None = None,
+                 stop_offset: int | None = None) -> None:
+        self.config = config
+        self.partition = partition
+        self.stop_offset = stop_offset
+
+    def split(self, desired_num_splits: int, options: Any = None) -> Iterable[KafkaPartitionSource]:
+        if self.partition is not None:
+            return [self]
+        from kafka import KafkaConsumer, TopicPartition
+
+        consumer = KafkaConsumer(bootstrap_servers=self.config.bootstrap, enable_auto_commit=False)
+        try:
+            partitions = sorted(consumer.partitions_for_topic(self.config.topic) or ())
+            if not partitions:
+                raise RuntimeError(f"Kafka topic {self.config.topic!r} does not exist or has no partitions")
+            ends: dict[int, int | None] = dict.fromkeys(partitions)
+            if self.config.bounded:
+                tps = [TopicPartition(self.config.topic, p) for p in partitions]
+                ends = {tp.partition: off for tp, off in consumer.end_offsets(tps).items()}
+        finally:
+            consumer.close()
+        return [KafkaPartitionSource(self.config, p, ends[p]) for p in partitions]
+
+    def create_reader(self, options: Any, checkpoint_mark: CheckpointMark | None) -> KafkaPartitionReader:
+        if self.partition is None:
+            raise RuntimeError("create_reader() on an unsplit KafkaPartitionSource")
+        if checkpoint_mark is not None and not isinstance(checkpoint_mark, KafkaCheckpointMark):
+            raise TypeError(f"not a Kafka checkpoint mark: {checkpoint_mark!r}")
+        return KafkaPartitionReader(self.config, self.partition, self.stop_offset, checkpoint_mark)
+
+    def get_checkpoint_mark_coder(self) -> Coder:
+        return KafkaCheckpointMarkCoder()
+
+    def default_output_coder(self) -> Coder:
+        return KafkaRecordCoder()
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, KafkaPartitionSource) and other.config == self.config
+                and other.partition == self.partition and other.stop_offset == self.stop_offset)
+
+    def __hash__(self) -> int:
+        return hash((self.config, self.partition, self.stop_offset))
+
+
+class KafkaPartitionReader(UnboundedReader):
+    """Reads one partition in batches with one consumer; position = next offset to read."""
+
+    def __init__(self, config: KafkaSourceConfig, partition: int, stop_offset: int | None,
+                 mark: KafkaCheckpointMark | None) -> None:
+        self._config = config
+        self._partition = partition
+        self._stop_offset = stop_offset
+        self._mark = mark
+        self._consumer: Any = None
+        self._tp: Any = None
+        self._buffer: deque[Any] = deque()
+        self._current: KafkaRecord | None = None
+        self._current_ts = MIN_TIMESTAMP
+        self._next_offset = -1
+        self._max_event_ms = mark.max_event_time_ms if mark else -1
+        self._idle_since: float | None = None
+        self._end_offset = -1
+        self._end_checked_at = float("-inf")
+        self._records: Any = Metrics.counter(metrics.NAMESPACE, metrics.KAFKA_RECORDS_READ)
+        self._no_time: Any = Metrics.counter(metrics.NAMESPACE, metrics.KAFKA_RECORDS_WITHOUT_EVENT_TIME)
+
+    # --- UnboundedReader ---
+    def start(self) -> bool:
+        from kafka import KafkaConsumer, TopicPartition
+
+        c = self._config
+        self._tp = TopicPartition(c.topic, self._partition)
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=c.bootstrap, group_id=None, enable_auto_commit=False,
+            max_poll_records=c.max_poll_records, fetch_max_wait_ms=c.poll_timeout_ms,
+            client_id=f"sa-source-{c.topic}-{self._partition}",
+        )
+        self._consumer.assign([self._tp])
+        self._next_offset = self._initial_offset()
+        self._consumer.seek(self._tp, self._next_offset)
+        return self.advance()
+
+    def advance(self) -> bool:
+        if self._finished():
+            return False
+        if not self._buffer:
+            batch = self._consumer.poll(timeout_ms=self._config.poll_timeout_ms,
+                                        max_records=self._config.max_poll_records)
+            for records in batch.values():
+                self._buffer.extend(records)
+        if not self._buffer:
+            if self._idle_since is None:
+                self._idle_since = time.monotonic()
+            return False
+        self._idle_since = None
+        rec = self._buffer.popleft()
+        if self._stop_offset is not None and rec.offset >= self._stop_offset:
+            self._buffer.clear()
+            self._next_offset = self._stop_offset
+            return False
+        event_ms = event_time_from_payload(rec.value)
+        if event_ms is None:
+            self._no_time.inc()
+            event_ms = rec.timestamp if rec.timestamp is not None and rec.timestamp >= 0 else 0
+        self._current = KafkaRecord(rec.topic, rec.partition, rec.offset, rec.key, rec.value, rec.timestamp)
+        self._current_ts = Timestamp(micros=event_ms * 1000)
+        # A record stamped far in the future (a broken producer clock) must not drag the watermark
+        # ahead and make every honest event late: it only advances it up to now + skew.
+        horizon_ms = int(time.time() * 1000) + self._config.max_future_skew_ms
+        self._max_event_ms = max(self._max_event_ms, min(event_ms, horizon_ms))
+        self._next_offset = rec.offset + 1
+        self._records.inc()
+        return True
+
+    def get_current(self) -> KafkaRecord:
+        if self._current is None:
+            raise RuntimeError("get_current() before a successful start()/advance()")
+        return self._current
+
+    def get_current_timestamp(self) -> Timestamp:
+        return self._current_ts
+
+    def get_watermark(self) -> Timestamp:
+        if self._finished():
+            return MAX_TIMESTAMP
+        bound = self._config.max_out_of_orderness_ms
+        wm_ms = self._max_event_ms - bound if self._max_event_ms >= 0 else None
+        idle = self._config.idle_timeout_s
+        if (idle is not None and self._idle_since is not None
+                and time.monotonic() - self._idle_since >= idle and self._caught_up()):
+            now_ms = int(time.time() * 1000) - bound
+            wm_ms = now_ms if wm_ms is None else max(wm_ms, now_ms)
+        return MIN_TIMESTAMP if wm_ms is None else Timestamp(micros=max(wm_ms, 0) * 1000)
+
+    def get_checkpoint_mark(self) -> KafkaCheckpointMark:
+        c = self._config
+        return KafkaCheckpointMark(self._next_offset, self._max_event_ms, c.bootstrap, c.topic,
+                                   self._partition, c.group_id)
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+    # --- helpers ---
+    def _initial_offset(self) -> int:
+        if self._mark is not None:
+            return self._mark.next_offset
+        c = self._config
+        if c.start == "committed" and c.group_id:
+            committed = self._committed_offset()
+            if committed is not None:
+                return committed
+        if c.start == "latest":
+            return int(self._consumer.end_offsets([self._tp])[self._tp])
+        return int(self._consumer.beginning_offsets([self._tp])[self._tp])
+
+    def _committed_offset(self) -> int | None:
+        from kafka import KafkaConsumer
+
+        probe = KafkaConsumer(bootstrap_servers=self._config.bootstrap, group_id=self._config.group_id,
+                              enable_auto_commit=False)
+        try:
+            committed = probe.committed(self._tp)
+        finally:
+            probe.close()
+        return None if committed is None else int(committed)
+
+    def _finished(self) -> bool:
+        return self._stop_offset is not None and self._next_offset >= self._stop_offset
+
+    def _caught_up(self) -> bool:
+        # Asked on every watermark poll of an idle partition: look the end offset up once a second.
+        now = time.monotonic()
+        if now - self._end_checked_at >= 1.0:
+            self._end_offset = int(self._consumer.end_offsets([self._tp])[self._tp])
+            self._end_checked_at = now
+        return self._next_offset >= self._end_offset
+
+
+class ReadFromKafka(beam.PTransform[Any, Any]):
+    """Read a topic as timestamped :class:`KafkaRecord` elements (see the module docstring)."""
+
+    def __init__(self, *, bootstrap: str, topic: str, group_id: str | None = None,
+                 start: str = "committed", max_out_of_orderness_ms: int = 5_000,
+                 idle_timeout_s: float | None = 5.0, bounded: bool = False,
+                 max_records_per_bundle: int = 5_000, max_read_time_s: float = 1.0,
+                 poll_interval_s: float = 0.05) -> None:
+        super().__init__()
+        self._config = KafkaSourceConfig(bootstrap=bootstrap, topic=topic, group_id=group_id, start=start,
+                                         max_out_of_orderness_ms=max_out_of_orderness_ms,
+                                         idle_timeout_s=idle_timeout_s, bounded=bounded)
+        self._max_records_per_bundle = max_records_per_bundle
+        self._max_read_time_s = max_read_time_s
+        self._poll_interval_s = poll_interval_s
+
+    def expand(self, pbegin: PBegin) -> PCollection[KafkaRecord]:
+        records: PCollection[KafkaRecord] = pbegin | "ReadUnboundedKafka" >> ReadFromUnboundedSource(
+            KafkaPartitionSource(self._config),
+            poll_interval=self._poll_interval_s,
+            max_records_per_bundle=self._max_records_per_bundle,
+            max_read_time_seconds=self._max_read_time_s,
+        )
+        return records

@@ -1,0 +1,37 @@
+"""Names of the pipeline's metrics, in one place so that dashboards, alerts and tests agree."""
+
+from __future__ import annotations
+
+from typing import Final
+
+#: Namespace of every counter the pipeline's transforms report.
+NAMESPACE: Final = "streaming_analytics"
+
+#: Valid events parsed.
+EVENTS_PARSED: Final = "events_parsed"
+#: Records that failed the event contract, all reasons together.
+INVALID_EVENTS: Final = "invalid_events"
+#: Records that failed the event contract, per reason code: ``invalid_events.<code>``.
+INVALID_EVENTS_PREFIX: Final = "invalid_events."
+#: Events dropped because their event id was already seen within the dedup horizon.
+DUPLICATE_EVENTS: Final = "duplicate_events"
+#: Events refused because every window they belong to had closed, per aggregate kind:
+#: ``too_late_events.<kind>``.
+TOO_LATE_EVENTS_PREFIX: Final = "too_late_events."
+
+
+def invalid_events(code: str) -> str:
+    """Counter name of the records rejected with ``code``."""
+    return f"{INVALID_EVENTS_PREFIX}{code}"
+
+
+def too_late_events(kind: str) -> str:
+    """Counter name of the events too late for every window of aggregate ``kind``."""
+    return f"{TOO_LATE_EVENTS_PREFIX}{kind}"
+
+#: Records the Kafka source read, over all partitions.
+KAFKA_RECORDS_READ: Final = "kafka_records_read"
+#: Records whose payload had no usable event time (the Kafka timestamp was used instead).
+KAFKA_RECORDS_WITHOUT_EVENT_TIME: Final = "kafka_records_without_event_time"
+#: Offset commits to the consumer group after finalized checkpoints.
+KAFKA_OFFSET_COMMITS: Final = "kafka_offset_commits"

@@ -1,0 +1,79 @@
+"""Wires one push process together: verifier, hub, broker, metrics, limits, drain.
+
+Everything the Sanic adapter needs hangs off a :class:`Node`, so the adapter stays a few routes
+and tests can build a node around an in-memory broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from push_server import disconnect
+from push_server.auth import TokenVerifier
+from push_server.broker import Broker, make_broker
+from push_server.client import SessionLimits
+from push_server.disconnect import Disconnect
+from push_server.hub import Hub
+from push_server.metrics import Metrics
+from streaming_analytics.settings import Settings
+from streaming_analytics.streams import CHANNELS
+
+if TYPE_CHECKING:
+    from push_server.connection import Connection
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    """The push server of this process, independent of the web framework."""
+
+    def __init__(self, settings: Settings, *, broker: Broker | None = None,
+                 verifier: TokenVerifier | None = None) -> None:
+        self.settings = settings
+        self.channels = CHANNELS
+        self.verifier = verifier or TokenVerifier.from_settings(settings)
+        self.broker = broker or make_broker(settings)
+        self.send_queue = settings.push_send_queue
+        self.hub = Hub(max_connections_per_user=settings.push_max_connections_per_user,
+                       max_pending=settings.push_send_queue)
+        self.limits = SessionLimits(
+            max_message_bytes=settings.push_max_message_bytes,
+            max_subscriptions=settings.push_max_subscriptions,
+            command_rate=float(settings.push_command_rate),
+            command_burst=settings.push_command_burst,
+            auth_timeout_s=float(settings.push_auth_timeout_s),
+            expiry_grace_s=float(settings.jwt_leeway_s),
+        )
+        self.connections: set[Connection] = set()
+        self.draining = False
+        self.metrics = Metrics(self.hub, lambda: self.broker.stats, lambda: len(self.connections))
+
+    async def start(self) -> None:
+        await self.broker.start(self.hub.publish)
+
+    async def stop(self) -> None:
+        await self.broker.close()
+
+    def admission(self) -> Disconnect | None:
+        """Why a new connection must be refused right away, if it must."""
+        if self.draining:
+            return disconnect.SHUTDOWN
+        if len(self.connections) >= self.settings.push_max_connections:
+            return disconnect.TOO_MANY_CONNECTIONS
+        return None
+
+    async def drain(self, timeout: float) -> None:
+        """Graceful shutdown: refuse new clients, tell every client to reconnect, wait for them."""
+        self.draining = True
+        connections = list(self.connections)
+        log.info("draining %d connections (timeout %.1fs)", len(connections), timeout)
+        for connection in connections:
+            connection.kick(disconnect.SHUTDOWN)
+        deadline = time.monotonic() + timeout
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.connections:
+            log.warning("drain timeout: %d connections still open", len(self.connections))

@@ -42,7 +42,10 @@ setup(
         "models", "models.*",
         "push_server", "push_server.*",
     ]),
-    package_data={"streaming_analytics": ["schemas/*.json"], "push_server": ["static/**/*"]},
+    package_data={
+        "streaming_analytics": ["schemas/*.json", "db/migrations/*.sql"],
+        "push_server": ["static/**/*"],
+    },
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},

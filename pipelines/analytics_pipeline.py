@@ -15,17 +15,26 @@ or ``SlidingAggregates`` — or a step inside them — makes a savepoint unresto
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.pvalue import PCollection
+from apache_beam.runners.runner import PipelineResult
 
+from streaming_analytics.db.migrate import migrate
+from streaming_analytics.settings import Settings
+from streaming_analytics.streams import CHANNEL_FIXED, CHANNEL_SLIDING
 from transforms import aggregates as agg
 from transforms.aggregates import WindowedAggregates, parse_dimensions
 from transforms.dedup import DEFAULT_HORIZON_S, DeduplicateEvents
+from transforms.kafka_source import ReadFromKafka
 from transforms.parse import ParseEvents
+from transforms.sinks_kafka import WriteDeadLettersToKafka
+from transforms.sinks_postgres import WriteAggregatesToPostgres, WriteDeadLettersToPostgres
+from transforms.sinks_redis import WriteToRedisStreams
 
 #: Stable step labels (see the module docstring).
 PARSE_LABEL = "ParseEvents"
@@ -85,8 +94,10 @@ class AnalyticsOutputs:
 def aggregate_transforms(options: AnalyticsOptions) -> tuple[WindowedAggregates, WindowedAggregates]:
     """The fixed and sliding aggregate steps configured from ``options``."""
     dimensions = parse_dimensions(options.dimensions)
+    # Batch execution (bounded, not streaming) has no processing-time clock for early panes.
+    streaming = options.view_as(StandardOptions).streaming
     common = {
-        "early_firing_delay_s": options.early_firing_delay_s,
+        "early_firing_delay_s": options.early_firing_delay_s if streaming else None,
         "allowed_lateness_s": options.allowed_lateness_s,
         "dimensions": dimensions,
         "max_out_of_orderness_s": options.max_out_of_orderness_s,
@@ -130,3 +141,96 @@ def build_pipeline(
     return AnalyticsOutputs(
         fixed=fixed[agg.AGGREGATES], sliding=sliding[agg.AGGREGATES], dead_letters=dead_letters
     )
+
+
+# --- the job: Kafka in, Postgres / Redis / DLQ topic out ----------------------------------------------
+READ_LABEL = "ReadEvents"
+
+
+class IOOptions(PipelineOptions):
+    """Source and sink tunables of the job. Endpoints (Kafka, Postgres, Redis) are not options: they
+    come from the documented ``SA_*`` environment variables (streaming_analytics/settings.py)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: beam.options.pipeline_options._BeamArgumentParser) -> None:
+        parser.add_argument("--kafka_start", default="committed", choices=["committed", "earliest", "latest"],
+                            help="Where a partition starts when the job has no checkpoint: the consumer "
+                                 "group's committed offset (falling back to earliest), earliest or latest.")
+        parser.add_argument("--kafka_idle_timeout_s", type=float, default=5.0,
+                            help="A caught-up partition idle this long advances its watermark with the "
+                                 "wall clock; 0 disables (for replays of old data).")
+        parser.add_argument("--kafka_max_records_per_bundle", type=int, default=5_000,
+                            help="A reader self-checkpoints after this many records in one bundle.")
+        parser.add_argument("--kafka_max_read_time_s", type=float, default=1.0,
+                            help="A reader self-checkpoints after this long in one bundle; bounds latency.")
+        parser.add_argument("--skip_migrations", action="store_true", default=False,
+                            help="Do not apply the Postgres migrations before submitting the job.")
+        parser.add_argument("--postgres_schema", default="public",
+                            help="Postgres schema of the aggregates, alerts and dead-letter tables.")
+
+
+def build_job(p: beam.Pipeline, settings: Settings) -> AnalyticsOutputs:
+    """The whole job on ``p``: :class:`ReadFromKafka` → :func:`build_pipeline` → every sink.
+
+    Endpoints are resolved here, in the launcher, and travel inside the transforms, so the workers
+    (a Flink TaskManager's SDK harness, Prism's loopback worker) need no configuration of their own.
+    """
+    options = p.options
+    opts = options.view_as(AnalyticsOptions)
+    io = options.view_as(IOOptions)
+    idle = io.kafka_idle_timeout_s if io.kafka_idle_timeout_s > 0 else None
+    records = p | READ_LABEL >> ReadFromKafka(
+        bootstrap=settings.kafka_bootstrap, topic=settings.topic_events, group_id=settings.consumer_group,
+        start=io.kafka_start, max_out_of_orderness_ms=int(opts.max_out_of_orderness_s * 1000),
+        idle_timeout_s=idle, bounded=opts.bounded,
+        max_records_per_bundle=io.kafka_max_records_per_bundle, max_read_time_s=io.kafka_max_read_time_s,
+    )
+    out = build_pipeline(p, records, options)
+    dsn, schema = settings.postgres_dsn, io.postgres_schema
+
+    def to_redis(channel: str) -> WriteToRedisStreams:
+        return WriteToRedisStreams(channel, settings.redis_url, prefix=settings.redis_stream_prefix,
+                                   maxlen=settings.redis_stream_maxlen)
+
+    _ = out.fixed | "WriteFixedToPostgres" >> WriteAggregatesToPostgres(dsn, schema=schema)
+    _ = out.sliding | "WriteSlidingToPostgres" >> WriteAggregatesToPostgres(dsn, schema=schema)
+    _ = out.fixed | "WriteFixedToRedis" >> to_redis(CHANNEL_FIXED)
+    _ = out.sliding | "WriteSlidingToRedis" >> to_redis(CHANNEL_SLIDING)
+    _ = out.dead_letters | "WriteDeadLettersToPostgres" >> WriteDeadLettersToPostgres(dsn, schema=schema)
+    _ = out.dead_letters | "WriteDeadLettersToKafka" >> WriteDeadLettersToKafka(
+        settings.kafka_bootstrap, settings.topic_dlq)
+    return out
+
+
+def run(argv: list[str] | None = None, *, settings: Settings | None = None,
+        wait: bool = True) -> PipelineResult:
+    """The one entry point of the job: the CLI, the stack and the tests all call it.
+
+    ``argv`` are Beam pipeline options plus :class:`AnalyticsOptions` and :class:`IOOptions`.
+    Applies the Postgres migrations first (unless ``--skip_migrations``), so the sinks find their
+    tables; with ``wait`` it blocks until the job ends (a bounded run, or Ctrl-C).
+    """
+    settings = settings or Settings.from_env()
+    options = PipelineOptions(argv)
+    if not options.view_as(AnalyticsOptions).bounded:
+        options.view_as(StandardOptions).streaming = True  # an unbounded source needs streaming mode
+    io = options.view_as(IOOptions)
+    if not io.skip_migrations:
+        migrate(settings.postgres_dsn, schema=io.postgres_schema)
+    p = beam.Pipeline(options=options)
+    build_job(p, settings)
+    result = p.run()
+    if wait:
+        result.wait_until_finish()
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=Settings.from_env().log_level,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    run(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -88,9 +88,11 @@ class GeneratorConfig:
     items: int = 20000
     #: Upper bound of an out-of-order event's delay; keep it under the pipeline's watermark bound.
     out_of_order_max_ms: int = 4_000
-    #: Delay range of late events: past the 60 s window and the watermark bound, within lateness.
-    late_delay_ms: tuple[int, int] = (90_000, 180_000)
-    #: Delay range of events beyond the allowed lateness (default lateness: 10 minutes).
+    #: Delay range of late events. With the pipeline's defaults (60 s fixed windows, 5 s watermark
+    #: bound, 120 s allowed lateness) a delay d is late for its fixed window when d > 65 s and still
+    #: within the lateness when d < 125 s, wherever the event falls in its window.
+    late_delay_ms: tuple[int, int] = (70_000, 120_000)
+    #: Delay range of events beyond the allowed lateness of every window they belong to.
     too_late_delay_ms: tuple[int, int] = (900_000, 1_200_000)
 
     def block_plan_counts(self) -> dict[str, int]:

@@ -66,6 +66,11 @@ VARIABLES: dict[str, Variable] = {
         # --- Flink ---------------------------------------------------------------------------
         _v("SA_FLINK_REST_URL", "http://127.0.0.1:8081", "Flink JobManager REST endpoint."),
         _v("SA_FLINK_TASK_SLOTS", "2", "Task slots of the local TaskManager."),
+        # --- pipeline ------------------------------------------------------------------------
+        _v("SA_PIPELINE_RUNNER", "prism",
+           "Runner of the streaming job under `make run`: `prism` (local), `flink` or `direct`."),
+        _v("SA_PIPELINE_ARGS", "",
+           "Extra Beam/pipeline options for the job under `make run`, e.g. `--fixed_window_s=30`."),
         # --- push server ---------------------------------------------------------------------
         _v("SA_PUSH_HOST", "127.0.0.1", "Interface the WebSocket push server listens on."),
         _v("SA_PUSH_PORT", "8765", "Port of the WebSocket push server."),
@@ -93,6 +98,12 @@ VARIABLES: dict[str, Variable] = {
         _v("SA_PUSH_PING_INTERVAL_S", "20", "Seconds between WebSocket pings to detect dead peers."),
         _v("SA_PUSH_TLS_CERT", "", "PEM certificate chain; with SA_PUSH_TLS_KEY enables TLS (wss)."),
         _v("SA_PUSH_TLS_KEY", "", "PEM private key file for SA_PUSH_TLS_CERT."),
+        _v("SA_PUSH_HISTORY", "postgres",
+           "History beyond the Redis streams (recovery fallback, REST): `postgres` or `none`."),
+        _v("SA_PUSH_HISTORY_SCHEMA", "public", "PostgreSQL schema of the tables the push server reads."),
+        _v("SA_PUSH_HISTORY_OVERLAP_MS", "2000",
+           "Margin (ms) of the Postgres recovery window for clock skew and lag between the sinks."),
+        _v("SA_PUSH_HISTORY_POOL_SIZE", "4", "Most PostgreSQL connections one push process opens."),
         # --- logging -------------------------------------------------------------------------
         _v("SA_LOG_LEVEL", "INFO", "Log level of our Python processes."),
     )
@@ -162,6 +173,10 @@ class Settings:
     push_ping_interval_s: int
     push_tls_cert: str
     push_tls_key: str
+    push_history: str
+    push_history_schema: str
+    push_history_overlap_ms: int
+    push_history_pool_size: int
     log_level: str
 
     @classmethod
@@ -197,12 +212,17 @@ class Settings:
             push_command_rate=_positive_int(v, "SA_PUSH_COMMAND_RATE"),
             push_command_burst=_positive_int(v, "SA_PUSH_COMMAND_BURST"),
             push_send_queue=_positive_int(v, "SA_PUSH_SEND_QUEUE"),
-            push_allowed_origins=tuple(o.strip() for o in v["SA_PUSH_ALLOWED_ORIGINS"].split(",") if o.strip()),
+            push_allowed_origins=tuple(
+                o.strip() for o in v["SA_PUSH_ALLOWED_ORIGINS"].split(",") if o.strip()),
             push_auth_timeout_s=_positive_int(v, "SA_PUSH_AUTH_TIMEOUT_S"),
             push_drain_timeout_s=_positive_int(v, "SA_PUSH_DRAIN_TIMEOUT_S"),
             push_ping_interval_s=_positive_int(v, "SA_PUSH_PING_INTERVAL_S"),
             push_tls_cert=v["SA_PUSH_TLS_CERT"],
             push_tls_key=v["SA_PUSH_TLS_KEY"],
+            push_history=v["SA_PUSH_HISTORY"].strip().lower(),
+            push_history_schema=v["SA_PUSH_HISTORY_SCHEMA"],
+            push_history_overlap_ms=_positive_int(v, "SA_PUSH_HISTORY_OVERLAP_MS"),
+            push_history_pool_size=_positive_int(v, "SA_PUSH_HISTORY_POOL_SIZE"),
             log_level=v["SA_LOG_LEVEL"].upper(),
         )
 

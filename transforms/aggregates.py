@@ -484,7 +484,8 @@ class WindowedAggregates(beam.PTransform[Any, Any]):
         size_s: window size (default 60 s fixed, 300 s sliding).
         period_s: sliding period (default 60 s; must be None or equal to size for fixed windows).
         early_firing_delay_s: processing-time delay after the first element of a pane before an
-            EARLY pane fires (default 1 s; sub-second allowed).
+            EARLY pane fires (default 1 s; sub-second allowed); None: no early panes (batch runs,
+            which have no processing-time clock).
         allowed_lateness_s: how long after the watermark passes a window's end late events still
             update it, each in a LATE pane (default 120 s).
         dimensions: the groupings (default: event type x country, category).
@@ -504,7 +505,7 @@ class WindowedAggregates(beam.PTransform[Any, Any]):
         *,
         size_s: float | None = None,
         period_s: float | None = None,
-        early_firing_delay_s: float = DEFAULT_EARLY_FIRING_DELAY_S,
+        early_firing_delay_s: float | None = DEFAULT_EARLY_FIRING_DELAY_S,
         allowed_lateness_s: float = DEFAULT_ALLOWED_LATENESS_S,
         dimensions: Sequence[Dimension] = DEFAULT_DIMENSIONS,
         max_out_of_orderness_s: float = DEFAULT_MAX_OUT_OF_ORDERNESS_S,
@@ -527,7 +528,7 @@ class WindowedAggregates(beam.PTransform[Any, Any]):
             raise ValueError(f"need 0 < period_s <= size_s, got period {period_s}, size {size_s}")
         if size_s * 1000 % 1 or period_s * 1000 % 1:
             raise ValueError("window size and period must be whole milliseconds")
-        if early_firing_delay_s < 0 or allowed_lateness_s < 0 or max_out_of_orderness_s < 0:
+        if (early_firing_delay_s or 0) < 0 or allowed_lateness_s < 0 or max_out_of_orderness_s < 0:
             raise ValueError("delays, lateness and out-of-orderness must be >= 0")
         if late_gate_margin_s < 0 or late_gate_shards < 1:
             raise ValueError("late_gate_margin_s must be >= 0 and late_gate_shards >= 1")
@@ -580,8 +581,10 @@ class WindowedAggregates(beam.PTransform[Any, Any]):
                 # Early: a speculative pane `early_firing_delay_s` of processing time after the first
                 # element of the pane; on time: when the watermark passes the window end; late: one
                 # pane per late element (batch) until the allowed lateness is over.
+                # A batch run has no processing time: early_firing_delay_s=None leaves early panes out.
                 trigger=trigger.AfterWatermark(
-                    early=AfterProcessingTimeMs(self.early_firing_delay_s),
+                    early=(None if self.early_firing_delay_s is None
+                           else AfterProcessingTimeMs(self.early_firing_delay_s)),
                     late=trigger.AfterCount(1),
                 ),
                 accumulation_mode=trigger.AccumulationMode.ACCUMULATING,

@@ -472,6 +472,71 @@ class Generator(Component):
         return {"Events (kcat)": f"kcat -b {ctx.endpoints['SA_KAFKA_BOOTSTRAP']} -t {topic} -C -o end"}
 
 
+class Pipeline(Component):
+    """The streaming job (``pipelines.analytics_pipeline``) on ``SA_PIPELINE_RUNNER``."""
+
+    name = "pipeline"
+    profile = "app"
+    depends_on = ("kafka", "postgres", "redis")
+    start_timeout_s = 120.0
+
+    def prepare(self, ctx: StackContext) -> list[ProcessSpec]:
+        import shlex
+
+        from pipelines.runners import RunnerUnavailable, runner_args
+        from streaming_analytics.settings import Settings
+
+        settings = Settings.from_env({**ctx.environ, **_child_env(ctx)})
+        try:
+            runner = runner_args(ctx.setting("SA_PIPELINE_RUNNER"), settings)
+        except RunnerUnavailable as exc:
+            raise ComponentError(f"pipeline: {exc}") from None
+        argv = [sys.executable, "-m", "pipelines.analytics_pipeline", *runner,
+                *shlex.split(ctx.setting("SA_PIPELINE_ARGS"))]
+        return [ProcessSpec("pipeline", argv, env=_child_env(ctx), stop_timeout_s=30)]
+
+    def healthy(self, ctx: StackContext) -> bool:
+        import psycopg2
+
+        # The launcher applies the migrations right before it submits the job.
+        with psycopg2.connect(ctx.endpoints["SA_POSTGRES_DSN"], connect_timeout=3) as conn, \
+                conn.cursor() as cur:
+            cur.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
+            row = cur.fetchone()
+            return bool(row and row[0])
+
+    def urls(self, ctx: StackContext) -> dict[str, str]:
+        streams = f"{ctx.setting('SA_REDIS_STREAM_PREFIX')}aggregates.*"
+        return {"Pipeline": f"runner {ctx.setting('SA_PIPELINE_RUNNER')}; aggregates in PostgreSQL table "
+                            f"`aggregates`, streams `{streams}` in Redis"}
+
+
+class PushServer(Component):
+    """The WebSocket push server (``python -m push_server``), relaying the Redis streams."""
+
+    name = "push-server"
+    profile = "app"
+    depends_on = ("redis",)
+    start_timeout_s = 60.0
+
+    def prepare(self, ctx: StackContext) -> list[ProcessSpec]:
+        port = ctx.port("push", int(ctx.setting("SA_PUSH_PORT")))
+        ctx.endpoints["SA_PUSH_PORT"] = str(port)
+        argv = [sys.executable, "-m", "push_server"]
+        return [ProcessSpec("push-server", argv, env={**_child_env(ctx), "SA_PUSH_HOST": LOOPBACK},
+                            stop_timeout_s=float(ctx.setting("SA_PUSH_DRAIN_TIMEOUT_S")) + 5)]
+
+    def healthy(self, ctx: StackContext) -> bool:
+        url = f"http://{LOOPBACK}:{ctx.endpoints['SA_PUSH_PORT']}/readyz"
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            return bool(resp.status == 200)
+
+    def urls(self, ctx: StackContext) -> dict[str, str]:
+        port = ctx.endpoints["SA_PUSH_PORT"]
+        return {"Push WebSocket": f"ws://{LOOPBACK}:{port}/ws",
+                "Push metrics": f"http://{LOOPBACK}:{port}/metrics"}
+
+
 def _child_env(ctx: StackContext) -> dict[str, str]:
     """Environment for our own Python processes: the endpoints this stack actually bound."""
     return {**ctx.endpoints, "SA_STACK_DIR": str(ctx.stack_dir)}
@@ -500,7 +565,9 @@ def _run_once(argv: list[str], log_path: Path, what: str, user: str | None = Non
 
 
 #: Every component, in start order. Stop order is the reverse.
-COMPONENTS: tuple[Component, ...] = (Kafka(), Postgres(), Redis(), Flink(), Generator())
+COMPONENTS: tuple[Component, ...] = (
+    Kafka(), Postgres(), Redis(), Flink(), Generator(), Pipeline(), PushServer(),
+)
 
 
 def by_name() -> dict[str, Component]:

@@ -59,7 +59,7 @@ def test_the_ground_truth_matches_what_a_consumer_can_observe() -> None:
         delay = now - event.event_time_ms
         if delay >= 900_000:
             observed["too_late"] += 1
-        elif delay >= 90_000:
+        elif delay >= 70_000:
             observed["late"] += 1
         elif delay > 0:
             observed["out_of_order"] += 1

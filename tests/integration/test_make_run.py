@@ -39,12 +39,14 @@ def test_run_starts_everything_and_ctrl_c_stops_every_process(tmp_path: Path, se
                 break
         text = "".join(output)
         assert "Press Ctrl-C" in text, text
-        for what in ("Kafka bootstrap", "PostgreSQL", "Redis", "Flink web UI", "Events (kcat)"):
+        for what in ("Kafka bootstrap", "PostgreSQL", "Redis", "Flink web UI", "Events (kcat)", "Pipeline",
+                     "Push WebSocket"):
             assert what in text
         stack = Stack(stack_dir, settings.tools_dir, env)
-        recorded = [p for name in ("kafka", "postgres", "redis", "flink", "generator")
+        recorded = [p for name in ("kafka", "postgres", "redis", "flink", "generator", "pipeline",
+                                   "push-server")
                     for p in stack.processes(name)]
-        assert len(recorded) == 6  # Flink is a JobManager and a TaskManager
+        assert len(recorded) == 8  # Flink is a JobManager and a TaskManager
         assert all(p.alive() for p in recorded)
     finally:
         supervisor.send_signal(signal.SIGINT)

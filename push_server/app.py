@@ -1,8 +1,10 @@
 """The thin Sanic adapter: routes, origin check, start-up and graceful drain.
 
 Routes: ``/ws`` (the push protocol), ``/healthz`` (process alive), ``/readyz`` (Redis reachable
-and not draining), ``/metrics`` (Prometheus). All protocol behaviour lives in the framework-free
-modules; this file only translates Sanic's request/websocket objects into :class:`Connection`.
+and not draining), ``/metrics`` (Prometheus), ``/api/v1/history/*`` (REST history,
+:mod:`push_server.rest`) and ``/dashboard/`` (the live dashboard's static files; ``/`` redirects
+there). All protocol behaviour lives in the framework-free modules; this file only translates
+Sanic's request/websocket objects into :class:`Connection`.
 
 On SIGTERM Sanic stops the loop and runs ``before_server_stop`` while the listener is still
 open: the node refuses new connections (close 4000), tells every client to reconnect (close
@@ -12,11 +14,13 @@ open: the node refuses new connections (close 4000), tells every client to recon
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from sanic import Request, Sanic, json, raw, text
+from sanic import Request, Sanic, json, raw, redirect, text
 
+from push_server import rest
 from push_server.auth import TokenVerifier
 from push_server.broker import Broker
 from push_server.connection import Connection
@@ -24,6 +28,12 @@ from push_server.node import Node
 from streaming_analytics.settings import Settings
 
 WS_PATH = "/ws"
+DASHBOARD_PATH = "/dashboard/"
+DASHBOARD_DIR = Path(__file__).parent / "static" / "dashboard"
+# The dashboard loads only same-origin files (uPlot is vendored by `make install`, no CDN) and
+# talks only to this server; the policy makes that a rule the browser enforces.
+_DASHBOARD_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                  "connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
 _app_numbers = itertools.count()
 
 
@@ -82,6 +92,20 @@ def create_app(settings: Settings, *, broker: Broker | None = None,
     async def _drain(_app: Sanic[Any, Any]) -> None:
         await node.drain(float(settings.push_drain_timeout_s))
         await node.stop()
+
+    rest.register(app, node)
+    app.static(DASHBOARD_PATH, str(DASHBOARD_DIR), name="dashboard", index="index.html",
+               directory_view=False)
+
+    @app.get("/")
+    async def _root(_request: Request) -> Any:
+        return redirect(DASHBOARD_PATH)
+
+    @app.on_response  # type: ignore[untyped-decorator]
+    async def _security_headers(request: Request, response: Any) -> None:
+        if request.path.startswith(DASHBOARD_PATH):
+            response.headers["Content-Security-Policy"] = _DASHBOARD_CSP
+            response.headers["X-Content-Type-Options"] = "nosniff"
 
     @app.get("/healthz")
     async def _healthz(_request: Request) -> Any:

@@ -78,6 +78,9 @@ class Broker(Protocol):
     async def covers(self, channel: str, since: str) -> bool:
         """Whether every entry ever written after ``since`` is still held (see :func:`covers_rule`)."""
 
+    async def first_offset(self, channel: str) -> str | None:
+        """Id of the oldest entry still held (None: the stream is empty or gone)."""
+
     async def ping(self) -> bool:
         """Whether the backend answers now (readiness)."""
 
@@ -193,6 +196,10 @@ class RedisStreamBroker:
             removed_any=int(info["entries-added"]) > int(info["length"]),
         )
 
+    async def first_offset(self, channel: str) -> str | None:
+        rows = await self._call(self._redis.xrange(self._keys[channel], min="-", max="+", count=1))
+        return _text(rows[0][0]) if rows else None
+
     async def ping(self) -> bool:
         try:
             async with asyncio.timeout(1.0):
@@ -304,6 +311,11 @@ class MemoryBroker:
         return covers_rule(parse_offset(since), exists=self._added[channel] > 0,
                            first=stream[0][0] if stream else None, last_generated=self._last_id,
                            removed_any=self._added[channel] > len(stream))
+
+    async def first_offset(self, channel: str) -> str | None:
+        self._check()
+        stream = self._streams[channel]
+        return format_offset(stream[0][0]) if stream else None
 
     async def ping(self) -> bool:
         return self.available

@@ -31,6 +31,7 @@ from push_server.client import (
 )
 from push_server.disconnect import Disconnect
 from push_server.hub import AdmissionRefusedError, HubClient
+from push_server.pg import DatabaseUnavailableError
 from push_server.writer import Outbox, OutboxClosedError
 
 if TYPE_CHECKING:
@@ -232,12 +233,15 @@ class Connection:
 
         try:
             recovered = await broker.covers(command.channel, command.since)
+            pg_replay = None if recovered else await self._postgres_replay(command)
+            source = protocol.SOURCE_REDIS if pg_replay is None else protocol.SOURCE_POSTGRES_REDIS
             reply = protocol.subscribed(command.cmd_id, channel=command.channel, offset=command.since,
-                                        recovered=recovered)
+                                        recovered=recovered or pg_replay is not None, source=source)
             self.outbox.offer(reply, force=True)
+            seam = None if pg_replay is None else await pg_replay.run(send)
             live_from = await history.replay(broker, command.channel, command.since, position,
-                                             keys=command.keys, send=send)
-        except BrokerUnavailableError as exc:
+                                             keys=command.keys, send=send, seam=seam)
+        except (BrokerUnavailableError, DatabaseUnavailableError) as exc:
             await self._apply(self.session.fail(disconnect.BACKEND_UNAVAILABLE, str(exc)))
             return
         except TimeoutError:
@@ -245,4 +249,27 @@ class Connection:
             return
         except OutboxClosedError:
             return  # kicked while replaying
-        hub.finish_recovery(client, command.channel, protocol.parse_offset(live_from))
+        if pg_replay is not None:
+            self._node.metrics.history_rows.labels(channel=command.channel).inc(pg_replay.sent)
+        hub.finish_recovery(client, command.channel, protocol.parse_offset(live_from), seam=seam)
+
+    async def _postgres_replay(self, command: StartSubscription) -> history.PostgresReplay | None:
+        """The Postgres part of a recovery whose ``since`` Redis no longer holds, if Postgres answers.
+
+        None (the reply then says ``recovered: false``) when no history store is configured or its
+        first query fails; the client still gets everything Redis holds.
+        """
+        store = self._node.history
+        assert command.since is not None
+        if store is None or command.channel not in self._node.history_channels:
+            return None
+        oldest = await self._node.broker.first_offset(command.channel)
+        pg_replay = history.PostgresReplay(store, command.channel, since=command.since, oldest=oldest,
+                                           overlap_ms=self._node.settings.push_history_overlap_ms,
+                                           keys=command.keys)
+        try:
+            await pg_replay.prepare()
+        except DatabaseUnavailableError as exc:
+            log.warning("history fallback unavailable for %s: %s", command.channel, exc)
+            return None
+        return pg_replay

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from push_server import disconnect, protocol
 from push_server.disconnect import Disconnect
 from push_server.protocol import KeyFilter, Offset
+from push_server.seam import SeamFilter
 from push_server.writer import Outbox
 from streaming_analytics.streams import StreamEntry
 
@@ -44,8 +45,9 @@ class Subscription:
     client: HubClient
     channel: str
     keys: KeyFilter | None
-    pending: list[tuple[Offset, str]] | None = None  # live entries held back during recovery
+    pending: list[tuple[Offset, str, int, str]] | None = None  # (offset, key, pane, frame) held back
     skip_until: Offset | None = None  # live entries at or before this were replayed already
+    seam: SeamFilter | None = None  # (key, pane) a Postgres replay already sent
 
 
 @dataclass(eq=False, slots=True)
@@ -137,15 +139,21 @@ class Hub:
             if not subs:
                 del self._by_channel[channel]
 
-    def finish_recovery(self, client: HubClient, channel: str, last_sent: Offset | None) -> None:
-        """End the replay phase: flush held-back live entries newer than ``last_sent``."""
+    def finish_recovery(self, client: HubClient, channel: str, last_sent: Offset | None, *,
+                        seam: SeamFilter | None = None) -> None:
+        """End the replay phase: flush held-back live entries newer than ``last_sent``.
+
+        With ``seam`` (the replay came partly from Postgres), live entries that repeat a pane the
+        replay already sent are dropped too, until the filter switches itself off.
+        """
         sub = client.subscriptions.get(channel)
         if sub is None or sub.pending is None:
             return
         pending, sub.pending = sub.pending, None
         sub.skip_until = last_sent
-        for offset, frame in pending:
-            self._deliver(sub, offset, frame)
+        sub.seam = seam if seam is not None and seam.active else None
+        for offset, key, pane, frame in pending:
+            self._deliver(sub, offset, key, pane, frame)
             if client.kicked is not None:
                 return
 
@@ -164,25 +172,31 @@ class Hub:
                     continue
                 if frame is None:
                     frame = protocol.publication_frame(channel, offset, entry)
-                if self._deliver(sub, parsed, frame):
+                if self._deliver(sub, parsed, entry.key, entry.pane, frame):
                     delivered += 1
             except Exception:  # one broken client must not stop the fan-out to the others
                 log.exception("delivery to client %s failed; disconnecting it", sub.client.id)
                 self.kick(sub.client, disconnect.INTERNAL_ERROR)
         return delivered
 
-    def _deliver(self, sub: Subscription, offset: Offset, frame: str) -> bool:
+    def _deliver(self, sub: Subscription, offset: Offset, key: str, pane: int, frame: str) -> bool:
         if sub.pending is not None:
             if len(sub.pending) >= self._max_pending:
                 self.stats.dropped += 1
                 self.kick(sub.client, disconnect.SLOW_CLIENT)
                 return False
-            sub.pending.append((offset, frame))
+            sub.pending.append((offset, key, pane, frame))
             return True
         if sub.skip_until is not None:
             if offset <= sub.skip_until:
                 return False  # already sent during the replay
             sub.skip_until = None
+        if sub.seam is not None:
+            admitted = sub.seam.admit(offset, key, pane)
+            if not sub.seam.active:
+                sub.seam = None
+            if not admitted:
+                return False  # the Postgres replay sent this pane (or a newer one) already
         if sub.client.outbox.offer(frame):
             self.stats.enqueued += 1
             return True

@@ -67,6 +67,11 @@ class Metrics:
         self.disconnects = Counter("push_disconnects", "Closed connections by close code "
                                    "('client' when the client closed first).", ["code"],
                                    registry=self.registry)
+        self.history_rows = Counter("push_history_rows", "Rows replayed from Postgres to recovering "
+                                    "clients (offsets older than the Redis stream).", ["channel"],
+                                    registry=self.registry)
+        self.history_requests = Counter("push_history_requests", "REST history requests by endpoint "
+                                        "and HTTP status.", ["endpoint", "status"], registry=self.registry)
         self.registry.register(_StateCollector(hub, broker_stats, open_connections))
 
     def render(self) -> bytes:

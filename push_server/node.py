@@ -18,13 +18,28 @@ from push_server.client import SessionLimits
 from push_server.disconnect import Disconnect
 from push_server.hub import Hub
 from push_server.metrics import Metrics
-from streaming_analytics.settings import Settings
-from streaming_analytics.streams import CHANNELS
+from push_server.pg import AsyncPgPool
+from push_server.pg_history import KIND_OF_CHANNEL, PostgresHistory
+from streaming_analytics.settings import ConfigError, Settings
+from streaming_analytics.streams import CHANNEL_ALERTS, CHANNELS
 
 if TYPE_CHECKING:
     from push_server.connection import Connection
 
 log = logging.getLogger(__name__)
+
+HISTORY_BACKENDS = ("postgres", "none")
+
+
+def make_history(settings: Settings) -> tuple[AsyncPgPool | None, PostgresHistory | None]:
+    """The history store named by ``SA_PUSH_HISTORY`` (the one place that picks it)."""
+    if settings.push_history == "none":
+        return None, None
+    if settings.push_history == "postgres":
+        pool = AsyncPgPool(settings.postgres_dsn, size=settings.push_history_pool_size)
+        return pool, PostgresHistory(pool, schema=settings.push_history_schema)
+    raise ConfigError(f"SA_PUSH_HISTORY={settings.push_history!r} is not one of "
+                      f"{', '.join(HISTORY_BACKENDS)}")
 
 
 class Node:
@@ -36,6 +51,8 @@ class Node:
         self.channels = CHANNELS
         self.verifier = verifier or TokenVerifier.from_settings(settings)
         self.broker = broker or make_broker(settings)
+        self.pg_pool, self.history = make_history(settings)
+        self.history_channels = frozenset((*KIND_OF_CHANNEL, CHANNEL_ALERTS))
         self.send_queue = settings.push_send_queue
         self.hub = Hub(max_connections_per_user=settings.push_max_connections_per_user,
                        max_pending=settings.push_send_queue)
@@ -56,6 +73,8 @@ class Node:
 
     async def stop(self) -> None:
         await self.broker.close()
+        if self.pg_pool is not None:
+            self.pg_pool.close()
 
     def admission(self) -> Disconnect | None:
         """Why a new connection must be refused right away, if it must."""

@@ -274,16 +274,25 @@ def connected(cmd_id: int | None, *, client: str, user: str, expires_at: int,
                            "expires_at": expires_at, "channels": list(channels)}, cmd_id))
 
 
+SOURCE_REDIS: Final = "redis"
+SOURCE_POSTGRES: Final = "postgres"
+SOURCE_POSTGRES_REDIS: Final = "postgres+redis"
+
+
 def subscribed(cmd_id: int | None, *, channel: str, offset: str | None,
-               recovered: bool | None = None) -> str:
+               recovered: bool | None = None, source: str | None = None) -> str:
     """Reply to subscribe. ``offset``: where live delivery starts (no ``since``) or the ``since``.
 
-    ``recovered`` is only present for a subscribe with ``since``: ``true`` when every entry after
-    ``since`` is still held and follows, ``false`` when some were trimmed (the client has a gap).
+    ``recovered`` and ``source`` are only present for a subscribe with ``since``: ``recovered`` is
+    ``true`` when nothing after ``since`` is missing from what follows, ``false`` when some entries
+    were trimmed and no other history could fill the gap. ``source`` says where the replay comes
+    from: ``redis`` (the stream) or ``postgres+redis`` (the gap from Postgres, then the stream).
     """
     doc: dict[str, Any] = {"type": "subscribed", "channel": channel, "offset": offset}
     if recovered is not None:
         doc["recovered"] = recovered
+    if source is not None:
+        doc["source"] = source
     return _dump(_with_id(doc, cmd_id))
 
 
@@ -307,9 +316,13 @@ def error(cmd_id: int | None, *, code: str, message: str) -> str:
     return _dump(_with_id({"type": "error", "code": code, "message": message}, cmd_id))
 
 
-def publication_frame(channel: str, offset: str, entry: StreamEntry) -> str:
-    """One stream entry as pushed to clients; built once and shared by all of its subscribers."""
-    return _dump({
+def publication_frame(channel: str, offset: str, entry: StreamEntry, *, source: str | None = None) -> str:
+    """One stream entry as pushed to clients; built once and shared by all of its subscribers.
+
+    ``source`` is set only for rows replayed from Postgres (``"postgres"``); their ``offset`` is
+    the subscribe's ``since``, because a table row has no stream position of its own.
+    """
+    doc: dict[str, Any] = {
         "type": "pub",
         "channel": channel,
         "offset": offset,
@@ -318,4 +331,7 @@ def publication_frame(channel: str, offset: str, entry: StreamEntry) -> str:
         "timing": entry.timing,
         "final": entry.final,
         "data": entry.data,
-    })
+    }
+    if source is not None:
+        doc["source"] = source
+    return _dump(doc)

@@ -4,13 +4,15 @@
 # Idempotent and quiet when nothing changed: every step records a stamp (a hash of its inputs)
 # under .local/stamps and is skipped while the stamp matches. Long steps print progress.
 #
-#   1. Debian packages, only those whose command is missing (redis-server, PostgreSQL, kcat, ...)
+#   1. Debian packages, only those whose command is missing (redis-server, PostgreSQL, kcat, npm,
+#      chromium, ...)
 #   2. the Python venv (.venv) with the pinned dependencies of requirements/constraints.txt
 #   3. a Flink distribution unpacked from the apache-flink wheels into .local/flink (NOT the venv:
 #      PyFlink pins an old apache-beam)
 #   4. Beam's Prism runner, built from the Go module proxy (the local streaming runner)
 #   5. Java artifacts from Maven Central: the Kafka broker's classpath, and Beam's Flink
 #      job-server jar when the registry serves it
+#   6. the dashboard's front-end packages (npm ci), copied into the push server's static files
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -50,6 +52,8 @@ command -v kcat >/dev/null 2>&1 || missing+=(kcat)
 command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || missing+=(maven)
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
+command -v npm >/dev/null 2>&1 || missing+=(npm)          # the dashboard's front-end packages
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)  # the dashboard's browser test
 "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if ((${#missing[@]})); then
   say "installing Debian packages: ${missing[*]}"
@@ -129,4 +133,23 @@ if [[ ! -f "$JOB_SERVER_JAR" ]] && ! stamp_ok job-server-missing "$BEAM_VERSION"
         "the Flink-runner path is unavailable until it does (see docs/operations.md)"
     stamp_set job-server-missing "$BEAM_VERSION"
   fi
+fi
+
+# --- 6. Push server dashboard: front-end packages from the npm registry ---------------------------
+# The dashboard (push_server/static/dashboard) loads its chart library from the push server itself,
+# never from a CDN: `npm ci` installs the locked versions of push_server/frontend and their dist
+# files are copied into the git-ignored vendor directory that Sanic serves.
+FRONTEND="$ROOT/push_server/frontend"
+VENDOR="$ROOT/push_server/static/dashboard/vendor"
+vendor_files=(uPlot.iife.min.js uPlot.min.css)
+frontend_hash=$(hash_of "$FRONTEND/package.json" "$FRONTEND/package-lock.json")
+vendor_ok=true
+for f in "${vendor_files[@]}"; do [[ -s "$VENDOR/$f" ]] || vendor_ok=false; done
+if ! stamp_ok frontend "$frontend_hash" || ! $vendor_ok; then
+  say "installing the dashboard's front-end packages (npm ci)"
+  npm ci --prefix "$FRONTEND" --no-audit --no-fund --ignore-scripts --loglevel=error >/dev/null \
+    || fail "npm ci failed in push_server/frontend (see the output above)"
+  mkdir -p "$VENDOR"
+  for f in "${vendor_files[@]}"; do cp "$FRONTEND/node_modules/uplot/dist/$f" "$VENDOR/$f"; done
+  stamp_set frontend "$frontend_hash"
 fi

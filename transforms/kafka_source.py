@@ -58,6 +58,11 @@ from transforms.records import KafkaRecord
 _LOG = logging.getLogger(__name__)
 
 START_POSITIONS: Final = ("committed", "earliest", "latest")
+#: How long a bounded reader waits for records it knows exist before it gives up for this bundle.
+_BOUNDED_FETCH_TIMEOUT_S: Final = 30.0
+#: Per-bundle caps of a bounded read: effectively none (see ReadFromKafka).
+_UNCAPPED_RECORDS: Final = 2**31 - 1
+_UNCAPPED_SECONDS: Final = 24 * 3600.0
 _TIME_FIELD: Final = b'"event_time_ms"'
 
 
@@ -314,10 +319,7 @@ class KafkaPartitionReader(UnboundedReader):
         if self._finished():
             return False
         if not self._buffer:
-            batch = self._consumer.poll(timeout_ms=self._config.poll_timeout_ms,
-                                        max_records=self._config.max_poll_records)
-            for records in batch.values():
-                self._buffer.extend(records)
+            self._fill_buffer()
         if not self._buffer:
             if self._idle_since is None:
                 self._idle_since = time.monotonic()
@@ -341,6 +343,19 @@ class KafkaPartitionReader(UnboundedReader):
         self._next_offset = rec.offset + 1
         self._records.inc()
         return True
+
+    def _fill_buffer(self) -> None:
+        # Unbounded: one short poll; "no data now" lets the SDF defer and come back. Bounded: the
+        # records up to the stop offset exist, so wait for them — a bounded read then finishes in
+        # one bundle per partition (see ReadFromKafka for why that matters).
+        deadline = time.monotonic() + (_BOUNDED_FETCH_TIMEOUT_S if self._stop_offset is not None else 0)
+        while True:
+            batch = self._consumer.poll(timeout_ms=self._config.poll_timeout_ms,
+                                        max_records=self._config.max_poll_records)
+            for records in batch.values():
+                self._buffer.extend(records)
+            if self._buffer or time.monotonic() >= deadline:
+                return
 
     def get_current(self) -> KafkaRecord:
         if self._current is None:
@@ -425,10 +440,15 @@ class ReadFromKafka(beam.PTransform[Any, Any]):
         self._poll_interval_s = poll_interval_s
 
     def expand(self, pbegin: PBegin) -> PCollection[KafkaRecord]:
+        # A bounded read does not self-checkpoint: each partition is one bundle up to its stop
+        # offset. A batch run gains nothing from intermediate checkpoints, and the DirectRunner's
+        # batch executor would run downstream stages between the rounds of a checkpointed read
+        # with the watermark at +inf, firing event-time timers (dedup expiry, window GC) early.
+        bounded = self._config.bounded
         records: PCollection[KafkaRecord] = pbegin | "ReadUnboundedKafka" >> ReadFromUnboundedSource(
             KafkaPartitionSource(self._config),
             poll_interval=self._poll_interval_s,
-            max_records_per_bundle=self._max_records_per_bundle,
-            max_read_time_seconds=self._max_read_time_s,
+            max_records_per_bundle=_UNCAPPED_RECORDS if bounded else self._max_records_per_bundle,
+            max_read_time_seconds=_UNCAPPED_SECONDS if bounded else self._max_read_time_s,
         )
         return records

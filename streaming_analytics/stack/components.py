@@ -533,7 +533,8 @@ class PushServer(Component):
 
     def urls(self, ctx: StackContext) -> dict[str, str]:
         port = ctx.endpoints["SA_PUSH_PORT"]
-        return {"Push WebSocket": f"ws://{LOOPBACK}:{port}/ws",
+        return {"Dashboard": f"http://{LOOPBACK}:{port}/dashboard/  (token: python -m push_server.devtokens)",
+                "Push WebSocket": f"ws://{LOOPBACK}:{port}/ws",
                 "Push metrics": f"http://{LOOPBACK}:{port}/metrics"}
 
 

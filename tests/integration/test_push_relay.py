@@ -53,6 +53,8 @@ def env(redis_url: str) -> Iterator[Env]:
         "SA_JWT_SECRET": SECRET, "SA_PUSH_SEND_QUEUE": "64", "SA_PUSH_MAX_MESSAGE_BYTES": "4096",
         "SA_PUSH_AUTH_TIMEOUT_S": "3", "SA_PUSH_ALLOWED_ORIGINS": "http://allowed.example",
         "SA_PUSH_MAX_CONNECTIONS_PER_USER": "200", "SA_LOG_LEVEL": "INFO",
+        # Redis-only recovery here; the Postgres fallback is tested in test_push_history.py.
+        "SA_PUSH_HISTORY": "none",
     })
     with server:
         yield Env(server, client, prefix)
@@ -202,7 +204,8 @@ def test_recovery_from_a_trimmed_offset_says_so(env: Env) -> None:
             assert pubs[-1]["data"]["count"] == 99
             return reply
 
-    assert asyncio.run(scenario())["recovered"] is False
+    reply = asyncio.run(scenario())
+    assert reply["recovered"] is False and reply["source"] == "redis"
 
 
 def test_slow_client_is_disconnected_while_a_fast_one_keeps_receiving(env: Env) -> None:

@@ -112,9 +112,11 @@ kafka_hash=$(hash_of tools/java/kafka/pom.xml)
 if ! stamp_ok kafka "$kafka_hash" || [[ ! -d "$KAFKA_LIBS" ]]; then
   say "resolving the Kafka $KAFKA_VERSION broker classpath from Maven Central"
   rm -rf "$KAFKA_LIBS"
-  mvn -q -B -Dstyle.color=never -f tools/java/kafka/pom.xml dependency:copy-dependencies \
-    -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIBS" \
-    || fail "could not resolve the Kafka broker jars with mvn (see the output above)"
+  if ! mvn -q -B -f tools/java/kafka/pom.xml dependency:copy-dependencies \
+       -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIBS" > "$TOOLS/mvn-kafka.log" 2>&1; then
+    cat "$TOOLS/mvn-kafka.log" >&2
+    fail "could not resolve the Kafka broker jars with mvn (output above)"
+  fi
   ln -sfn "kafka-$KAFKA_VERSION" "$TOOLS/kafka"
   stamp_set kafka "$kafka_hash"
 fi
@@ -124,7 +126,7 @@ JOB_SERVER_JAR="$TOOLS/jars/$JOB_SERVER-$BEAM_VERSION.jar"
 # A refusal is remembered (delete .local/stamps/job-server-missing to ask the registry again).
 if [[ ! -f "$JOB_SERVER_JAR" ]] && ! stamp_ok job-server-missing "$BEAM_VERSION"; then
   mkdir -p "$TOOLS/jars"
-  if mvn -q -B -Dstyle.color=never dependency:copy -Dartifact="org.apache.beam:$JOB_SERVER:$BEAM_VERSION" \
+  if mvn -q -B dependency:copy -Dartifact="org.apache.beam:$JOB_SERVER:$BEAM_VERSION" \
        -DoutputDirectory="$TOOLS/jars" >/dev/null 2>&1; then
     say "fetched $JOB_SERVER $BEAM_VERSION"
   else

@@ -280,7 +280,7 @@ def produce(generator: EventGenerator, *, bootstrap: str, topic: str, count: int
 
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, batch_size=131072,
                              enable_idempotence=True, max_in_flight_requests_per_connection=5,
-                             client_id="sa-generator")
+                             reconnect_backoff_max_ms=1000, client_id="sa-generator")
     counts: Counter[str] = Counter()
     interval_ms = 1000.0 / rate
     logical_start = int(time.time() * 1000) if start_ms is None else start_ms

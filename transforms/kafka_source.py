@@ -35,9 +35,9 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, TypeVar
 
 import apache_beam as beam
 from apache_beam import coders
@@ -56,10 +56,13 @@ from transforms import metrics
 from transforms.records import KafkaRecord
 
 _LOG = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 START_POSITIONS: Final = ("committed", "earliest", "latest")
 #: How long a bounded reader waits for records it knows exist before it gives up for this bundle.
 _BOUNDED_FETCH_TIMEOUT_S: Final = 30.0
+#: Client timeouts: fail (and retry) within seconds when the broker is away, reconnect within one.
+_CLIENT_TIMEOUTS: Final[dict[str, int]] = {"request_timeout_ms": 15_000, "reconnect_backoff_max_ms": 1_000}
 #: Per-bundle caps of a bounded read: effectively none (see ReadFromKafka).
 _UNCAPPED_RECORDS: Final = 2**31 - 1
 _UNCAPPED_SECONDS: Final = 24 * 3600.0
@@ -87,6 +90,26 @@ def event_time_from_payload(value: bytes | None) -> int | None:
     if j == i or j - i > 15 or (j < n and value[j] in b".eE"):
         return None
     return int(value[i:j])
+
+
+def _with_broker_retry(action: Callable[[], _T], what: str, budget_s: float) -> _T:
+    """Run ``action``, retrying Kafka errors with capped exponential backoff for ``budget_s``."""
+    from kafka.errors import KafkaError
+
+    deadline = time.monotonic() + budget_s
+    delay = 0.2
+    attempt = 1
+    while True:
+        try:
+            return action()
+        except KafkaError as exc:
+            if time.monotonic() + delay > deadline:
+                raise RuntimeError(f"could not {what} within {budget_s:.0f} s "
+                                   f"({attempt} attempts): {exc}") from exc
+            _LOG.warning("could not %s (attempt %d): %s; retrying in %.1f s", what, attempt, exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            attempt += 1
 
 
 # --- checkpoint mark -------------------------------------------------------------------------------
@@ -218,6 +241,7 @@ class KafkaSourceConfig:
     max_out_of_orderness_ms: int = 5_000
     idle_timeout_s: float | None = 5.0
     max_future_skew_ms: int = 60_000
+    broker_retry_budget_s: float = 300.0
     max_poll_records: int = 2_000
     poll_timeout_ms: int = 50
     bounded: bool = False
@@ -301,19 +325,29 @@ class KafkaPartitionReader(UnboundedReader):
 
     # --- UnboundedReader ---
     def start(self) -> bool:
-        from kafka import KafkaConsumer, TopicPartition
+        from kafka import TopicPartition
+
+        self._tp = TopicPartition(self._config.topic, self._partition)
+        # A reader may be (re)created while the broker is away (a restart, a failover): wait for it
+        # within a budget instead of failing the bundle, which would fail the job on some runners.
+        self._next_offset = _with_broker_retry(self._connect, "connect to Kafka",
+                                               self._config.broker_retry_budget_s)
+        return self.advance()
+
+    def _connect(self) -> int:
+        from kafka import KafkaConsumer
 
         c = self._config
-        self._tp = TopicPartition(c.topic, self._partition)
+        self.close()
         self._consumer = KafkaConsumer(
             bootstrap_servers=c.bootstrap, group_id=None, enable_auto_commit=False,
             max_poll_records=c.max_poll_records, fetch_max_wait_ms=c.poll_timeout_ms,
-            client_id=f"sa-source-{c.topic}-{self._partition}",
+            client_id=f"sa-source-{c.topic}-{self._partition}", **_CLIENT_TIMEOUTS,
         )
         self._consumer.assign([self._tp])
-        self._next_offset = self._initial_offset()
-        self._consumer.seek(self._tp, self._next_offset)
-        return self.advance()
+        offset = self._initial_offset()
+        self._consumer.seek(self._tp, offset)
+        return offset
 
     def advance(self) -> bool:
         if self._finished():
@@ -404,7 +438,7 @@ class KafkaPartitionReader(UnboundedReader):
         from kafka import KafkaConsumer
 
         probe = KafkaConsumer(bootstrap_servers=self._config.bootstrap, group_id=self._config.group_id,
-                              enable_auto_commit=False)
+                              enable_auto_commit=False, **_CLIENT_TIMEOUTS)
         try:
             committed = probe.committed(self._tp)
         finally:
@@ -416,9 +450,16 @@ class KafkaPartitionReader(UnboundedReader):
 
     def _caught_up(self) -> bool:
         # Asked on every watermark poll of an idle partition: look the end offset up once a second.
+        from kafka.errors import KafkaError
+
         now = time.monotonic()
         if now - self._end_checked_at >= 1.0:
-            self._end_offset = int(self._consumer.end_offsets([self._tp])[self._tp])
+            try:
+                self._end_offset = int(self._consumer.end_offsets([self._tp])[self._tp])
+            except KafkaError:
+                # Broker unreachable: we cannot know we are caught up, so the clock must not move
+                # the watermark; the reader keeps polling and the consumer reconnects by itself.
+                return False
             self._end_checked_at = now
         return self._next_offset >= self._end_offset
 

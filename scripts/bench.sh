@@ -14,7 +14,13 @@ cd "$(dirname "$0")/.."
 
 PY=.venv/bin/python
 DOC=docs/benchmarks.md
-STEPS=(push_fanout)
+STEPS=(pipeline push_fanout)
+
+# Pipeline: the whole job's throughput (DirectRunner and Prism, bounded, with every sink) against a
+# plain-Python baseline in the same run, and end-to-end latency of early panes on Prism.
+bench_pipeline() {
+  "$PY" -m benchmarks.pipeline_report --events 30000 --latency-seconds 45 --doc "$DOC"
+}
 
 # Push fan-out: our push server vs Centrifugo (same Redis stream ingestion), 1k and 5k subscribers
 # at a fixed rate and at max rate, plus RSS per idle connection with 10k connections open.
@@ -23,6 +29,19 @@ bench_push_fanout() {
   "$PY" -m benchmarks.push_fanout --clients 1000 5000 --rate 2 10 --seconds 10 \
     --burst-deliveries 500000 --idle-clients 10000 --doc "$DOC"
 }
+
+# The benchmarks use the local stack (var/stack). Start it when it is not running, and then stop
+# it again at the end; a stack that `make run` already runs is used as it is and left running.
+if "$PY" -m streaming_analytics.stack status | grep -qE '^kafka +running'; then
+  started_stack=false
+else
+  started_stack=true
+  "$PY" -m streaming_analytics.stack up || exit 1
+fi
+stop_stack() {
+  if $started_stack; then "$PY" -m streaming_analytics.stack down >/dev/null; fi
+}
+trap stop_stack EXIT
 
 selected=("$@")
 ((${#selected[@]})) || selected=("${STEPS[@]}")

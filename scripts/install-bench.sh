@@ -13,18 +13,12 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-TOOLS="${SA_TOOLS_DIR:-$ROOT/.local}"
-STAMPS="$TOOLS/stamps"
+INSTALL_NAME=install-bench
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 CENTRIFUGO_VERSION="v6.9.1"
-mkdir -p "$STAMPS" "$TOOLS/bin"
 
-say() { printf '==> %s\n' "$*"; }
-fail() { printf 'install-bench: %s\n' "$*" >&2; exit 1; }
-stamp_ok() { [[ -f "$STAMPS/$1" && "$(cat "$STAMPS/$1")" == "$2" ]]; }
-stamp_set() { printf '%s' "$2" > "$STAMPS/$1"; }
-
-GO="$(command -v go || true)"
-[[ -z "$GO" && -x /usr/local/go/bin/go ]] && GO=/usr/local/go/bin/go
+GO="$(find_go)"
 [[ -n "$GO" ]] || fail "go not found: Centrifugo and the load generator are built with the Go toolchain"
 
 # --- 1. Centrifugo ---------------------------------------------------------------------------------
@@ -35,7 +29,7 @@ if ! stamp_ok centrifugo "$CENTRIFUGO_VERSION" || [[ ! -x "$TOOLS/bin/centrifugo
 fi
 
 # --- 2. the load generator -------------------------------------------------------------------------
-loadgen_hash=$(cat benchmarks/go/go.mod benchmarks/go/go.sum benchmarks/go/loadgen/*.go | sha256sum | cut -c1-16)
+loadgen_hash=$(hash_of benchmarks/go/go.mod benchmarks/go/go.sum benchmarks/go/loadgen/*.go)
 if ! stamp_ok push-loadgen "$loadgen_hash" || [[ ! -x "$TOOLS/bin/push-loadgen" ]]; then
   say "building the push load generator (benchmarks/go/loadgen)"
   (cd benchmarks/go && "$GO" build -o "$TOOLS/bin/push-loadgen" ./loadgen)

@@ -18,24 +18,16 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
+INSTALL_NAME=install
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
+
 PYTHON="${PYTHON:-python3.11}"
 VENV="$ROOT/.venv"
-TOOLS="${SA_TOOLS_DIR:-$ROOT/.local}"
-STAMPS="$TOOLS/stamps"
 FLINK_VERSION="2.2.1"
 BEAM_VERSION="2.77.0"
 FLINK_RUNNER_MINOR="2.2"
 KAFKA_VERSION="4.1.1"
-
-mkdir -p "$STAMPS"
-
-say() { printf '==> %s\n' "$*"; }
-fail() { printf 'install: %s\n' "$*" >&2; exit 1; }
-
-# stamp_ok NAME HASH: true when step NAME last succeeded with inputs HASH.
-stamp_ok() { [[ -f "$STAMPS/$1" && "$(cat "$STAMPS/$1")" == "$2" ]]; }
-stamp_set() { printf '%s' "$2" > "$STAMPS/$1"; }
-hash_of() { cat "$@" | sha256sum | cut -c1-16; }
 
 # --- 1. Debian packages --------------------------------------------------------------------------
 pg_bindir() {
@@ -68,10 +60,13 @@ if ((${#missing[@]})); then
 fi
 
 # --- 2. Python venv -------------------------------------------------------------------------------
-venv_hash=$(hash_of setup.py requirements/constraints.txt scripts/install.sh)
+# Bump VENV_RECIPE when the pip commands below change; editing the rest of this script must not
+# reinstall the venv.
+VENV_RECIPE=2
+venv_hash="$VENV_RECIPE-$(hash_of setup.py requirements/constraints.txt)"
 if ! stamp_ok venv "$venv_hash" || [[ ! -x "$VENV/bin/python" ]]; then
   command -v "$PYTHON" >/dev/null 2>&1 || fail "$PYTHON not found (the project targets Python 3.11)"
-  say "creating the Python venv in .venv (first run downloads ~2 GB: Beam, TensorFlow, ...)"
+  say "installing the pinned Python dependencies into .venv (the first run downloads ~2 GB)"
   [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade "pip==25.3" "setuptools>=68,<81" wheel
   # compat mode puts the checkout itself on sys.path, so packages added later import at once.
@@ -100,9 +95,10 @@ fi
 # Built from the Go module proxy; the Go build cache makes rebuilds quick.
 PRISM_VERSION="v$BEAM_VERSION"
 if ! stamp_ok prism "$PRISM_VERSION" || [[ ! -x "$TOOLS/bin/prism" ]]; then
-  command -v go >/dev/null 2>&1 || fail "go not found: Prism is built with the Go toolchain"
+  GO="$(find_go)"
+  [[ -n "$GO" ]] || fail "go not found: Prism is built with the Go toolchain (install golang-go)"
   say "building Beam's Prism runner $PRISM_VERSION from the Go module proxy (a few minutes the first time)"
-  GOBIN="$TOOLS/bin" GOFLAGS=-mod=mod go install "github.com/apache/beam/sdks/v2/go/cmd/prism@$PRISM_VERSION"
+  GOBIN="$TOOLS/bin" GOFLAGS=-mod=mod "$GO" install "github.com/apache/beam/sdks/v2/go/cmd/prism@$PRISM_VERSION"
   stamp_set prism "$PRISM_VERSION"
 fi
 

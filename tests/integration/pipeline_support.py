@@ -168,3 +168,22 @@ def assert_results_exact(s: Settings, schema: str, partitions: int, windows: Win
     finally:
         client.close()
     return len(expected)
+
+
+def wait_for_committed_offsets(s: Settings, partitions: int, timeout_s: float = 60) -> dict[int, int]:
+    """Wait until the job's consumer group has committed every partition's end offset (offsets are
+    committed when the runner finalizes a bundle's checkpoint); return the committed offsets."""
+    consumer = KafkaConsumer(bootstrap_servers=s.kafka_bootstrap, group_id=s.consumer_group,
+                             enable_auto_commit=False)
+    tps = [TopicPartition(s.topic_events, p) for p in range(partitions)]
+    try:
+        ends = {tp.partition: off for tp, off in consumer.end_offsets(tps).items()}
+        deadline = time.monotonic() + timeout_s
+        while True:
+            committed = {tp.partition: consumer.committed(tp) for tp in tps}
+            if committed == ends or time.monotonic() > deadline:
+                assert committed == ends, f"committed {committed}, end offsets {ends}"
+                return committed
+            time.sleep(1)
+    finally:
+        consumer.close()

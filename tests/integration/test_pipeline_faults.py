@@ -27,7 +27,12 @@ from pipelines.runners import runner_args
 from streaming_analytics.generator import EventGenerator, Fractions, GeneratorConfig, produce
 from streaming_analytics.settings import Settings
 from streaming_analytics.stack.manager import Stack
-from tests.integration.pipeline_support import Windows, assert_results_exact, private_job
+from tests.integration.pipeline_support import (
+    Windows,
+    assert_results_exact,
+    private_job,
+    wait_for_committed_offsets,
+)
 
 PARTITIONS = 3
 WINDOWS = Windows(fixed_s=5, sliding_s=10, period_s=5)
@@ -117,3 +122,5 @@ def test_results_stay_exact_when_a_service_restarts_mid_stream(
                 raise
             time.sleep(3)
     assert checked >= 20
+    # Consumer lag is observable: the group's committed offsets reach the end of every partition.
+    wait_for_committed_offsets(s, PARTITIONS)

@@ -2,7 +2,11 @@
 
 Gauges whose source of truth lives in the hub or the broker (connections, subscriptions, drops,
 read lag) are computed at scrape time by a custom collector instead of being updated on every
-change, so the hot fan-out path only bumps plain integers.
+change, so the hot fan-out path only bumps plain integers. The same goes for the per-delivery
+numbers: frames written are a plain ``int`` (:attr:`Metrics.frames_sent`, exported as
+``push_messages_sent_total``), and ``push_send_latency_seconds`` is observed once per writer batch,
+not once per frame (see :meth:`push_server.connection.Connection._write_loop`): prometheus-client's
+locked updates were ~17% of the per-delivery cost.
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 
 class _StateCollector(Collector):
     def __init__(self, hub: Hub, broker_stats: Callable[[], BrokerStats],
-                 open_connections: Callable[[], int]) -> None:
+                 open_connections: Callable[[], int], frames_sent: Callable[[], int]) -> None:
         self._hub = hub
         self._broker_stats = broker_stats
         self._open = open_connections
+        self._frames_sent = frames_sent
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily("push_connections_open", "WebSocket connections open (any state).",
@@ -37,6 +42,8 @@ class _StateCollector(Collector):
         for channel, count in sorted(self._hub.subscriptions_by_channel().items()):
             subs.add_metric([channel], count)
         yield subs
+        yield CounterMetricFamily("push_messages_sent", "Frames written to client sockets.",
+                                  value=self._frames_sent())
         yield CounterMetricFamily("push_messages_dropped", "Messages not queued because a client's "
                                   "send queue was full (that client is then disconnected).",
                                   value=self._hub.stats.dropped)
@@ -59,10 +66,11 @@ class Metrics:
     def __init__(self, hub: Hub, broker_stats: Callable[[], BrokerStats],
                  open_connections: Callable[[], int]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.messages_sent = Counter("push_messages_sent", "Frames written to client sockets.",
-                                     registry=self.registry)
+        self.frames_sent = 0  # bumped by the connections' writers, exported at scrape time
         self.send_latency = Histogram("push_send_latency_seconds",
-                                      "Time from queueing a frame to writing it to the socket.",
+                                      "Time from queueing a frame to writing it to the socket "
+                                      "(one observation per writer batch: its oldest frame until "
+                                      "the whole batch is written, a bound for every frame in it).",
                                       buckets=LATENCY_BUCKETS, registry=self.registry)
         self.disconnects = Counter("push_disconnects", "Closed connections by close code "
                                    "('client' when the client closed first).", ["code"],
@@ -72,7 +80,8 @@ class Metrics:
                                     registry=self.registry)
         self.history_requests = Counter("push_history_requests", "REST history requests by endpoint "
                                         "and HTTP status.", ["endpoint", "status"], registry=self.registry)
-        self.registry.register(_StateCollector(hub, broker_stats, open_connections))
+        self.registry.register(_StateCollector(hub, broker_stats, open_connections,
+                                               lambda: self.frames_sent))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

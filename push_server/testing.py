@@ -2,7 +2,10 @@
 
 :class:`PushServerProcess` starts ``python -m push_server`` exactly as production does (same entry
 point, same Settings.from_env()), on a free port on 127.0.0.1, waits until /healthz answers and
-stops it by signal. Kept in the package (not under tests/) so that benchmarks can reuse it.
+stops it by signal. With ``SA_PUSH_TLS_CERT``/``SA_PUSH_TLS_KEY`` in its env it speaks TLS: ``http``
+and ``ws`` are then ``https://``/``wss://`` URLs, and :meth:`PushServerProcess.client_ssl` is a
+client context that trusts that (self-signed) certificate. Kept in the package (not under tests/)
+so that benchmarks can reuse it.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -47,14 +51,22 @@ class PushServerProcess:
         self._start_timeout = start_timeout
         self._log = tempfile.NamedTemporaryFile(prefix="push-server-", suffix=".log", delete=False)  # noqa: SIM115
         self.proc: subprocess.Popen[bytes] | None = None
+        cert, key = self.env.get("SA_PUSH_TLS_CERT", ""), self.env.get("SA_PUSH_TLS_KEY", "")
+        self.tls_cert = cert if cert and key else None  # the server serves TLS only with both
 
     @property
     def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls_cert else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def ws(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
+        return f"{'wss' if self.tls_cert else 'ws'}://127.0.0.1:{self.port}/ws"
+
+    def client_ssl(self) -> ssl.SSLContext | None:
+        """A client TLS context trusting the server's certificate (None without TLS)."""
+        if self.tls_cert is None:
+            return None
+        return ssl.create_default_context(cafile=self.tls_cert)
 
     def start(self) -> PushServerProcess:
         self.proc = subprocess.Popen([sys.executable, "-m", "push_server"], env=self.env,
@@ -73,7 +85,8 @@ class PushServerProcess:
     def get(self, path: str) -> tuple[int, str]:
         """Status and body of a GET on the server's HTTP side."""
         try:
-            with urllib.request.urlopen(self.http + path, timeout=5) as response:  # noqa: S310 - local
+            with urllib.request.urlopen(self.http + path, timeout=5,  # noqa: S310 - local
+                                        context=self.client_ssl()) as response:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()

@@ -29,7 +29,7 @@ from streaming_analytics.settings import Settings
 from streaming_analytics.streams import CHANNEL_FIXED, CHANNEL_SLIDING
 from transforms import aggregates as agg
 from transforms.aggregates import WindowedAggregates, parse_dimensions
-from transforms.dedup import DEFAULT_HORIZON_S, DeduplicateEvents
+from transforms.dedup import DEFAULT_HORIZON_S, DEFAULT_SHARDS, DeduplicateEvents
 from transforms.kafka_source import ReadFromKafka
 from transforms.parse import ParseEvents
 from transforms.sinks_kafka import WriteDeadLettersToKafka
@@ -75,6 +75,8 @@ class AnalyticsOptions(PipelineOptions):
         parser.add_argument("--dedup_horizon_s", type=float, default=DEFAULT_HORIZON_S,
                             help="How far back in event time duplicates are recognised (default 600); "
                                  "must cover window size + allowed lateness + margin.")
+        parser.add_argument("--dedup_shards", type=int, default=DEFAULT_SHARDS,
+                            help="Parallelism (key shards) of the dedup state (default 16).")
         parser.add_argument("--dimensions", default=DEFAULT_DIMENSIONS_SPEC,
                             help="Aggregate dimensions: comma separated, '+' joins fields "
                                  f"(default {DEFAULT_DIMENSIONS_SPEC!r}).")
@@ -130,7 +132,8 @@ def build_pipeline(
             f"late gate margin ({needed} s): late re-deliveries could be double counted"
         )
     parsed = records | PARSE_LABEL >> ParseEvents()
-    events = parsed.events | DEDUP_LABEL >> DeduplicateEvents(horizon_s=opts.dedup_horizon_s)
+    events = parsed.events | DEDUP_LABEL >> DeduplicateEvents(
+        horizon_s=opts.dedup_horizon_s, shards=opts.dedup_shards)
     fixed = events | FIXED_LABEL >> fixed_step
     sliding = events | SLIDING_LABEL >> sliding_step
     dead_letters = (

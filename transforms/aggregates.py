@@ -3,8 +3,10 @@
 One instance per aggregate kind (``fixed``, ``sliding``); each is a chain of small, stably labelled
 steps (Flink savepoints bind state to these labels — never rename them):
 
-``KeyByShard`` → ``GateTooLate`` → ``KeyByDimension`` → ``Window`` → ``PreAggregate`` → ``Combine``
-→ ``AttachPane``
+``BatchByShard`` → ``GateTooLateBatches`` → ``PreAggregateWindows`` → ``Window`` → ``KeepOwnWindow``
+→ ``Combine`` → ``AttachPane`` (with ``pre_aggregate=False``: ``Unbatch`` → ``KeyByDimension`` →
+``Window`` → ``Combine`` → ``AttachPane``). Keyed steps take one batch per shard and bundle
+(``transforms/batching.py``: Beam Python's keyed state costs per key touched, not per byte).
 
 * **Window**: event-time windows with the trigger written out in full::
 
@@ -13,8 +15,10 @@ steps (Flink savepoints bind state to these labels — never rename them):
 
   ACCUMULATING panes (every pane carries the whole window so far, so a reader keeps the newest and
   drops the rest), allowed lateness as configured.
-* **PreAggregate / Combine**: a bundle-local partial aggregate per (dimension key, window), then a
-  CombinePerKey that merges partials. Beam's own combiner lifting does not apply here: the portable
+* **PreAggregateWindows / Window / KeepOwnWindow / Combine**: a bundle-local partial aggregate per
+  (dimension key, window), computed before windowing and timestamped inside its window; ``Window``
+  assigns the standard windows, ``KeepOwnWindow`` keeps the partial's own, and a CombinePerKey
+  merges partials. Beam's own combiner lifting does not apply here: the portable
   runner skips it in streaming mode and the DirectRunner only lifts default windowing, so we do it
   ourselves. Every part of the accumulator merges exactly (integer micro-unit sum, min/max,
   histogram bucket counts, HyperLogLog registers), so the result does not depend on bundling.
@@ -35,7 +39,7 @@ closely (it is the max over one shard, the source's is a min over partitions, so
 *ahead*); the residual risk is a watermark advanced without events (an idle-source timeout),
 followed by events for windows closed more than the margin ago: those are dropped by the
 GroupByKey, uncounted. We chose this over the alternatives because it is exact in the common case,
-keyed (it scales out and its state is checkpointed by Flink), costs one small state read per event,
+keyed (it scales out and its state is checkpointed by Flink), costs one small state read per batch,
 and gives the DLQ the event itself, not just a number.
 """
 
@@ -46,7 +50,6 @@ and gives the DLQ the event itself, not just a number.
 from __future__ import annotations
 
 import time
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Final
@@ -58,13 +61,14 @@ from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.pvalue import PCollection, TaggedOutput
 from apache_beam.transforms import trigger, window
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
-from apache_beam.typehints import Tuple
+from apache_beam.transforms.window import GlobalWindow, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming, WindowedValue
 
 from streaming_analytics.events import Event
 from streaming_analytics.streams import window_key
 from transforms import metrics
+from transforms.batching import batch_by_shard
 from transforms.records import DeadLetter
 from transforms.sketches import HyperLogLog, QuantileSketch
 
@@ -87,6 +91,8 @@ DEFAULT_ALLOWED_LATENESS_S: Final = 120.0
 DEFAULT_MAX_OUT_OF_ORDERNESS_S: Final = 5.0
 DEFAULT_LATE_GATE_MARGIN_S: Final = 60.0
 DEFAULT_LATE_GATE_SHARDS: Final = 16
+
+_GLOBAL_WINDOWS: Final = (GlobalWindow(),)
 
 _STRING_FIELDS: Final = frozenset({"event_type", "country", "category", "currency", "item_id"})
 
@@ -170,6 +176,16 @@ class AggregateAccumulator:
         self.max = max(self.max, amount)
         self.quantiles.add(amount)
         self.users.add(event.user_id)
+
+    def add_prepared(self, amount: float, micros: int, bucket: int | None, user_hash: int) -> None:
+        """:meth:`add` with the per-event work (micro-units, histogram bucket, user hash) done once
+        by the caller, for an event that goes into several accumulators (dimensions, windows)."""
+        self.count += 1
+        self.sum_micros += micros
+        self.min = min(self.min, amount)
+        self.max = max(self.max, amount)
+        self.quantiles.add_bucket(bucket)
+        self.users.add_hash(user_hash)
 
     def merge(self, other: AggregateAccumulator) -> None:
         self.count += other.count
@@ -332,7 +348,12 @@ _MAX_EVENT_MS_PARAM = beam.DoFn.StateParam(_MAX_EVENT_MS)
 
 
 class _LateGateFn(beam.DoFn):
-    """Keyed by shard: refuse events whose newest window closed by the shard's watermark estimate."""
+    """Keyed by shard, one batch of events per element: refuse events whose newest window closed
+    by the shard's watermark estimate; emit the admitted ones as one batch.
+
+    The batch is judged event by event in its order, the estimate moving with each event, exactly
+    as if the events came one by one; the state is read and written once per batch.
+    """
 
     def __init__(
         self,
@@ -355,69 +376,140 @@ class _LateGateFn(beam.DoFn):
 
     def process(
         self,
-        element: tuple[int, Event],
+        element: tuple[int, list[Event]],
         max_event_ms: Any = _MAX_EVENT_MS_PARAM,
     ) -> Iterator[Any]:
-        event = element[1]
+        events = element[1]
+        stored = max_event_ms.read()
+        seen = stored
+        period, size, lateness, ooo = self._period_ms, self._size_ms, self._lateness_ms, self._ooo_ms
+        admitted: list[Event] = []
+        refused: list[DeadLetter] = []
+        for event in events:
+            t = event.event_time_ms
+            if seen is None or t > seen:
+                seen = t
+            # The newest window containing t (sliding windows start every period; fixed: period = size).
+            newest_end = t - t % period + size
+            estimate = seen - ooo
+            if estimate > newest_end + lateness:
+                refused.append(self._dead_letter(event, newest_end, estimate))
+            else:
+                admitted.append(event)
+        if seen is not None and seen != stored:
+            max_event_ms.write(seen)
+        if admitted:
+            yield admitted
+        if refused:
+            self._too_late.inc(len(refused))
+            for letter in refused:
+                yield TaggedOutput(TOO_LATE, letter)
+
+    def _dead_letter(self, event: Event, newest_end: int, estimate: int) -> DeadLetter:
         t = event.event_time_ms
-        seen = max_event_ms.read()
-        if seen is None or t > seen:
-            max_event_ms.write(t)
-            seen = t
-        # The newest window containing t (sliding windows start every period; fixed: period = size).
-        newest_end = t - t % self._period_ms + self._size_ms
-        estimate = seen - self._ooo_ms
-        if estimate > newest_end + self._lateness_ms:
-            self._too_late.inc()
-            yield TaggedOutput(
-                TOO_LATE,
-                DeadLetter(
-                    raw=event.to_json(),
-                    reason_code=TOO_LATE_REASON,
-                    reason_detail=(
-                        f"{self._kind} windows of event time {t} closed at "
-                        f"{newest_end + self._lateness_ms} (window end + allowed lateness); "
-                        f"watermark estimate {estimate}"
-                    ),
-                    topic=None,
-                    partition=None,
-                    offset=None,
-                    failed_at_ms=int(self._clock() * 1000),
-                ),
-            )
-            return
-        yield event
+        return DeadLetter(
+            raw=event.to_json(),
+            reason_code=TOO_LATE_REASON,
+            reason_detail=(
+                f"{self._kind} windows of event time {t} closed at "
+                f"{newest_end + self._lateness_ms} (window end + allowed lateness); "
+                f"watermark estimate {estimate}"
+            ),
+            topic=None,
+            partition=None,
+            offset=None,
+            failed_at_ms=int(self._clock() * 1000),
+        )
 
 
 class _PreAggregateFn(beam.DoFn):
-    """Bundle-local partial aggregate per (dimension key, window), emitted at the end of the bundle.
+    """Batches of events (global window) → one partial aggregate per (dimension key, window start)
+    per bundle, emitted at the end of the bundle, still in the global window.
 
-    It turns one element per event into one per key and window per bundle before the shuffle. The
-    partials keep their window (so the GroupByKey's lateness decision is the same as for the raw
-    events) and the earliest timestamp of their events (a valid timestamp inside the window).
+    It computes each event's windows itself (integer arithmetic, the same rule as Beam's
+    ``FixedWindows``/``SlidingWindows`` with offset 0) and does the per-event work (micro-units,
+    histogram bucket, user hash) once for all its dimensions and windows. The shuffle then carries
+    one element per key and window per bundle instead of one per event, dimension and window.
+    Each partial is timestamped with the earliest event time among its events — a timestamp inside
+    its window — so that ``Window`` assigns it that window (among others, for sliding windows;
+    ``KeepOwnWindow`` drops the others) and the GroupByKey's lateness decision is the one it would
+    have made for that event.
     """
 
-    def start_bundle(self) -> None:
-        self._partials: dict[tuple[Any, window.BoundedWindow], list[Any]] = {}
+    def __init__(self, size_ms: int, period_ms: int, dimensions: Sequence[Dimension]) -> None:
+        super().__init__()
+        self._size_ms = size_ms
+        self._period_ms = period_ms
+        self._dimensions = tuple((d.name, d.fields) for d in dimensions)
 
-    def process(
-        self,
-        element: tuple[tuple[str, str], Event],
-        win: Any = beam.DoFn.WindowParam,
-        timestamp: Any = beam.DoFn.TimestampParam,
-    ) -> None:
-        slot = self._partials.get((element[0], win))
-        if slot is None:
-            slot = [AggregateAccumulator(), timestamp]
-            self._partials[(element[0], win)] = slot
-        elif timestamp < slot[1]:
-            slot[1] = timestamp
-        slot[0].add(element[1])
+    def start_bundle(self) -> None:
+        # (dimension name, key, slot start ms) -> [accumulator, earliest event time ms]
+        self._partials: dict[tuple[str, str, int], list[Any]] = {}
+
+    def process(self, events: list[Event]) -> None:
+        partials = self._partials
+        # When the size is a multiple of the period (always for fixed windows), an event is added
+        # once per dimension to the partial of its period-long slot, and finish_bundle merges each
+        # slot into the size/period windows that contain it; otherwise it goes to every window.
+        period, size = self._period_ms, self._size_ms
+        sliced = size % period == 0
+        bucket_of, hash_item = QuantileSketch.bucket_of, HyperLogLog.hash_item
+        for event in events:
+            t = event.event_time_ms
+            amount = event.amount
+            micros = round(amount * 1_000_000)
+            bucket = bucket_of(amount)
+            user_hash = hash_item(event.user_id)
+            last = t - t % period
+            starts = (last,) if sliced else range(last, t - size, -period)
+            for name, fields in self._dimensions:
+                key = getattr(event, fields[0]) if len(fields) == 1 else "|".join(
+                    [getattr(event, f) for f in fields])
+                for start in starts:
+                    slot = partials.get((name, key, start))
+                    if slot is None:
+                        slot = [AggregateAccumulator(), t]
+                        partials[(name, key, start)] = slot
+                    elif t < slot[1]:
+                        slot[1] = t
+                    slot[0].add_prepared(amount, micros, bucket, user_hash)
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
         partials, self._partials = self._partials, {}
-        for (key, win), (acc, timestamp) in partials.items():
-            yield WindowedValue((key, acc), timestamp, (win,))
+        size, period = self._size_ms, self._period_ms
+        if size % period == 0 and size != period:
+            windows: dict[tuple[str, str, int], list[Any]] = {}
+            for (name, key, slot_start), (acc, t) in partials.items():
+                for start in range(slot_start, slot_start - size, -period):
+                    window = windows.get((name, key, start))
+                    if window is None:
+                        window = [AggregateAccumulator(), t]
+                        windows[(name, key, start)] = window
+                    elif t < window[1]:
+                        window[1] = t
+                    window[0].merge(acc)
+            partials = windows
+        for (name, key, start), (acc, t) in partials.items():
+            yield WindowedValue(((name, key), (start, acc)), Timestamp(micros=t * 1000), _GLOBAL_WINDOWS)
+
+
+class _KeepOwnWindowFn(beam.DoFn):
+    """A partial of window ``start`` was assigned every window containing its timestamp: keep it
+    in its own window only."""
+
+    def process(
+        self,
+        element: tuple[tuple[str, str], tuple[int, AggregateAccumulator]],
+        win: Any = beam.DoFn.WindowParam,
+    ) -> Iterator[tuple[tuple[str, str], AggregateAccumulator]]:
+        key, (start_ms, acc) = element
+        if win.start.micros == start_ms * 1000:
+            yield key, acc
+
+
+def _unbatch(events: list[Event]) -> Iterator[TimestampedValue[Event]]:
+    for event in events:
+        yield TimestampedValue(event, Timestamp(micros=event.event_time_ms * 1000))
 
 
 class _AttachPaneFn(beam.DoFn):
@@ -455,14 +547,6 @@ class _AttachPaneFn(beam.DoFn):
             distinct_users=s.distinct_users,
             emitted_at_ms=int(self._clock() * 1000),
         )
-
-
-def _shard_of(shards: int) -> Callable[[Event], tuple[int, Event]]:
-    def key(event: Event) -> tuple[int, Event]:
-        # crc32, not hash(): Python salts str hashes per process.
-        return zlib.crc32(event.event_id.encode()) % shards, event
-
-    return key
 
 
 _Keyed = tuple[tuple[str, str], Event]
@@ -557,49 +641,53 @@ class WindowedAggregates(beam.PTransform[Any, Any]):
         return window.SlidingWindows(self.size_s, self.period_s)
 
     def expand(self, events: PCollection[Any]) -> dict[str, PCollection[Any]]:
+        size_ms, period_ms = round(self.size_s * 1000), round(self.period_s * 1000)
         gate = (
             events
-            | "KeyByShard" >> beam.Map(_shard_of(self.late_gate_shards)).with_output_types(Tuple[int, Any])
-            | "GateTooLate"
+            | "BatchByShard" >> batch_by_shard(self.late_gate_shards)
+            | "GateTooLateBatches"
             >> beam.ParDo(
                 _LateGateFn(
                     kind=self.kind,
-                    size_ms=round(self.size_s * 1000),
-                    period_ms=round(self.period_s * 1000),
+                    size_ms=size_ms,
+                    period_ms=period_ms,
                     allowed_lateness_ms=round(self.allowed_lateness_s * 1000),
                     max_out_of_orderness_ms=round(self.max_out_of_orderness_s * 1000),
                     clock=self.clock,
                 )
             ).with_outputs(TOO_LATE, main="events")
         )
-        windowed = (
-            gate.events
-            | "KeyByDimension" >> beam.FlatMap(_by_dimension(self.dimensions))
-            | "Window"
-            >> beam.WindowInto(
-                self._window_fn(),
-                # Early: a speculative pane `early_firing_delay_s` of processing time after the first
-                # element of the pane; on time: when the watermark passes the window end; late: one
-                # pane per late element (batch) until the allowed lateness is over.
-                # A batch run has no processing time: early_firing_delay_s=None leaves early panes out.
-                trigger=trigger.AfterWatermark(
-                    early=(None if self.early_firing_delay_s is None
-                           else AfterProcessingTimeMs(self.early_firing_delay_s)),
-                    late=trigger.AfterCount(1),
-                ),
-                accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
-                # The gate enforces allowed_lateness; the margin keeps the GroupByKey from dropping
-                # what the gate let in (see the module docstring).
-                allowed_lateness=self.allowed_lateness_s + self.late_gate_margin_s,
-            )
+        window_into = beam.WindowInto(
+            self._window_fn(),
+            # Early: a speculative pane `early_firing_delay_s` of processing time after the first
+            # element of the pane; on time: when the watermark passes the window end; late: one
+            # pane per late element (batch) until the allowed lateness is over.
+            # A batch run has no processing time: early_firing_delay_s=None leaves early panes out.
+            trigger=trigger.AfterWatermark(
+                early=(None if self.early_firing_delay_s is None
+                       else AfterProcessingTimeMs(self.early_firing_delay_s)),
+                late=trigger.AfterCount(1),
+            ),
+            accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
+            # The gate enforces allowed_lateness; the margin keeps the GroupByKey from dropping
+            # what the gate let in (see the module docstring).
+            allowed_lateness=self.allowed_lateness_s + self.late_gate_margin_s,
         )
         if self.pre_aggregate:
             combined = (
-                windowed
-                | "PreAggregate" >> beam.ParDo(_PreAggregateFn())
+                gate.events
+                | "PreAggregateWindows" >> beam.ParDo(_PreAggregateFn(size_ms, period_ms, self.dimensions))
+                | "Window" >> window_into
+                | "KeepOwnWindow" >> beam.ParDo(_KeepOwnWindowFn())
                 | "Combine" >> beam.CombinePerKey(MergePartialsFn())
             )
         else:
-            combined = windowed | "Combine" >> beam.CombinePerKey(EventStatsFn())
+            combined = (
+                gate.events
+                | "Unbatch" >> beam.FlatMap(_unbatch)
+                | "KeyByDimension" >> beam.FlatMap(_by_dimension(self.dimensions))
+                | "Window" >> window_into
+                | "Combine" >> beam.CombinePerKey(EventStatsFn())
+            )
         aggregates = combined | "AttachPane" >> beam.ParDo(_AttachPaneFn(self.kind, self.clock))
         return {AGGREGATES: aggregates, TOO_LATE: gate[TOO_LATE]}

@@ -3,15 +3,33 @@
 Why it exists: producers retry, and Kafka delivery is at-least-once, so the same event can reach us
 twice; counted twice it would inflate every aggregate it belongs to.
 
-How: a stateful DoFn keyed by ``event_id`` remembers that an id was seen, and an event-time timer
-forgets it once the watermark passes ``event_time + horizon``. Keyed state and event-time timers are
-what Flink checkpoints and restores with the job, so the dedup memory survives restarts and scales
-out by key. Memory is bounded by the number of distinct ids within one horizon of event time.
+How: events are batched per bundle by a shard of their id (``crc32(event_id) % shards``,
+``transforms/batching.py``), and a stateful DoFn keyed by that shard checks a whole batch at once
+against the ids its shard has seen. Keyed state and event-time timers are what Flink checkpoints and
+restores with the job, so the dedup memory survives restarts and scales out by shard. Per shard:
+
+* ``ids`` (bag): one entry ``(ids, expiries)`` appended per batch with new ids — an append, so a
+  bundle writes only what it adds; ``expiry = event time + horizon``.
+* ``meta``: ``(token, forgotten_before_ms, timer_at_ms)``. Ids whose expiry is at or before
+  ``forgotten_before_ms`` are forgotten, whether or not the bag still holds them.
+* one event-time timer at the earliest pending expiry, rounded up to ``horizon / 20``: it compacts
+  the bag (drops expired ids) and advances ``forgotten_before_ms``. The rounding bounds the
+  compactions to 20 per horizon of event time; an id is therefore remembered up to 5 % of the
+  horizon longer than the horizon (harmless: see below).
+* An in-memory copy of the shard's ids (per DoFn instance) makes a batch cost O(batch), not
+  O(shard). It is used only while ``token`` in state equals the token this instance wrote last
+  with it (a fresh random one per write); after a restore, a rescale, a retried bundle or another
+  instance's write the tokens differ and the copy is rebuilt from the bag. So the copy can never
+  outlive the state it mirrors.
+
+Memory is bounded by the number of distinct ids within one horizon (+5 %) of event time, once in
+state and once in the worker's copy.
 
 How far back: an event is dropped as a duplicate if an event with the same id was seen and the
-watermark has not yet passed ``first_event_time + horizon`` (default 10 minutes). A re-delivery after
-that is not recognised here — but choose ``horizon >= window size + allowed lateness (+ the late
-gate's margin)`` for every windowed aggregate downstream (``build_pipeline`` checks it) and such a
+watermark has not yet passed ``first_event_time + horizon`` (default 10 minutes; the forgetting
+happens at the next multiple of ``horizon / 20``, see above). A re-delivery after that is not
+recognised here — but choose ``horizon >= window size + allowed lateness (+ the late gate's
+margin)`` for every windowed aggregate downstream (``build_pipeline`` checks it) and such a
 re-delivery is too late for every window it belongs to anyway, so it can never be counted twice.
 The first delivery wins; a "duplicate" with the same id but different content is dropped too (and
 counted), since an event id is the producer's promise of identity.
@@ -23,81 +41,180 @@ counted), since an event id is the producer's promise of identity.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.coders import BooleanCoder
+from apache_beam.coders import FastPrimitivesCoder
 from apache_beam.metrics.metric import Metrics
 from apache_beam.pvalue import PCollection
 from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
-from apache_beam.typehints import Tuple
-from apache_beam.utils.timestamp import Duration
+from apache_beam.transforms.userstate import (
+    BagStateSpec,
+    ReadModifyWriteStateSpec,
+    TimerSpec,
+    on_timer,
+)
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Timestamp
 
 from streaming_analytics.events import Event
 from transforms import metrics
+from transforms.batching import batch_by_shard
 
 #: Default dedup horizon in seconds of event time (see the module docstring).
 DEFAULT_HORIZON_S = 600
+#: Default number of key shards of the dedup state (its parallelism on Flink). Each shard's state is
+#: loaded and committed once per bundle, at a fixed cost in the Python SDK (see transforms/batching.py),
+#: so more shards than the job's parallelism only add per-bundle overhead.
+DEFAULT_SHARDS = 16
+#: Compactions per horizon: the expiry timer is rounded up to ``horizon / this``.
+_COMPACTIONS_PER_HORIZON = 20
 
-
-_SEEN = ReadModifyWriteStateSpec("seen", BooleanCoder())
+_IDS = BagStateSpec("ids", FastPrimitivesCoder())
+_META = ReadModifyWriteStateSpec("meta", FastPrimitivesCoder())
 _EXPIRY = TimerSpec("expiry", TimeDomain.WATERMARK)
-_SEEN_PARAM = beam.DoFn.StateParam(_SEEN)
+_IDS_PARAM = beam.DoFn.StateParam(_IDS)
+_META_PARAM = beam.DoFn.StateParam(_META)
 _EXPIRY_PARAM = beam.DoFn.TimerParam(_EXPIRY)
 
+#: ``meta`` of a shard that has seen nothing yet: no token, nothing forgotten, no timer.
+_EMPTY_META = (0, None, None)
 
-class _DedupFn(beam.DoFn):
-    """Keyed by event id: pass the first event, drop and count the rest until the timer expires."""
+
+def _new_token() -> int:
+    return random.getrandbits(62) + 1  # never 0, the token of an empty shard
+
+
+class _ShardMirror:
+    """The ids of one shard (id → expiry ms) as of the state write that carried ``token``."""
+
+    __slots__ = ("ids", "token")
+
+    def __init__(self, token: int, ids: dict[str, int]) -> None:
+        self.token = token
+        self.ids = ids
+
+
+class _DedupShardFn(beam.DoFn):
+    """Keyed by id shard, one batch of events per element: pass the first delivery of each id,
+    drop and count the rest until the id expires (see the module docstring)."""
 
     def __init__(self, horizon_s: float) -> None:
         super().__init__()
-        self._horizon = Duration(micros=int(horizon_s * 1_000_000))
+        self._horizon_ms = round(horizon_s * 1000)
+        self._granularity_ms = max(1, self._horizon_ms // _COMPACTIONS_PER_HORIZON)
         self._duplicates = Metrics.counter(metrics.NAMESPACE, metrics.DUPLICATE_EVENTS)
+
+    def setup(self) -> None:
+        self._mirrors: dict[Any, _ShardMirror] = {}
+
+    def _round_up(self, ms: int) -> int:
+        g = self._granularity_ms
+        return -(-ms // g) * g
+
+    def _mirror(self, shard: Any, token: int, ids_state: Any) -> _ShardMirror:
+        mirror = self._mirrors.get(shard)
+        if mirror is None or mirror.token != token:
+            ids: dict[str, int] = {}
+            for batch_ids, expiries in ids_state.read():
+                ids.update(zip(batch_ids, expiries, strict=True))
+            mirror = _ShardMirror(token, ids)
+            self._mirrors[shard] = mirror
+        return mirror
 
     def process(
         self,
-        element: tuple[str, Event],
-        timestamp: Any = beam.DoFn.TimestampParam,
-        seen: Any = _SEEN_PARAM,
+        element: tuple[int, list[Event]],
+        meta: Any = _META_PARAM,
+        ids_state: Any = _IDS_PARAM,
         expiry: Any = _EXPIRY_PARAM,
-    ) -> Iterator[Event]:
-        if seen.read():
-            self._duplicates.inc()
-            return
-        seen.write(True)
-        # The timer is set from the element's event time (not re-armed by duplicates), so the
-        # horizon is measured from the first delivery.
-        expiry.set(timestamp + self._horizon)
-        yield element[1]
+    ) -> Iterator[TimestampedValue[Event]]:
+        shard, events = element
+        token, forgotten_before, timer_at = meta.read() or _EMPTY_META
+        mirror = self._mirror(shard, token, ids_state)
+        seen = mirror.ids
+        mirror.token = -1  # invalid until the write below is queued (an exception leaves it invalid)
+        horizon = self._horizon_ms
+        new_ids: list[str] = []
+        new_expiries: list[int] = []
+        passed: list[Event] = []
+        for event in events:
+            known = seen.get(event.event_id)
+            if known is not None and (forgotten_before is None or known > forgotten_before):
+                continue
+            # The expiry is measured from the first delivery (duplicates do not extend it).
+            until = event.event_time_ms + horizon
+            seen[event.event_id] = until
+            new_ids.append(event.event_id)
+            new_expiries.append(until)
+            passed.append(event)
+        if new_ids:
+            ids_state.add((new_ids, new_expiries))
+            due = self._round_up(min(new_expiries))
+            if timer_at is None or due < timer_at:
+                expiry.set(Timestamp(micros=due * 1000))
+                timer_at = due
+            token = _new_token()
+            meta.write((token, forgotten_before, timer_at))
+        mirror.token = token
+        if len(passed) < len(events):
+            self._duplicates.inc(len(events) - len(passed))
+        for event in passed:
+            yield TimestampedValue(event, Timestamp(micros=event.event_time_ms * 1000))
 
     @on_timer(_EXPIRY)
-    def expire(self, seen: Any = _SEEN_PARAM) -> None:
-        seen.clear()
-
-
-def _by_event_id(event: Event) -> tuple[str, Event]:
-    return event.event_id, event
+    def expire(
+        self,
+        key: Any = beam.DoFn.KeyParam,
+        fired_at: Any = beam.DoFn.TimestampParam,
+        meta: Any = _META_PARAM,
+        ids_state: Any = _IDS_PARAM,
+        expiry: Any = _EXPIRY_PARAM,
+    ) -> None:
+        now_ms = int(fired_at.micros // 1000)  # the watermark has passed this
+        keep_ids: list[str] = []
+        keep_expiries: list[int] = []
+        for batch_ids, expiries in ids_state.read():
+            for event_id, until in zip(batch_ids, expiries, strict=True):
+                if until > now_ms:
+                    keep_ids.append(event_id)
+                    keep_expiries.append(until)
+        ids_state.clear()
+        timer_at = None
+        if keep_ids:
+            ids_state.add((keep_ids, keep_expiries))
+            timer_at = self._round_up(min(keep_expiries))
+            expiry.set(Timestamp(micros=timer_at * 1000))
+        token = _new_token()
+        meta.write((token, now_ms, timer_at))
+        self._mirrors[key] = _ShardMirror(token, dict(zip(keep_ids, keep_expiries, strict=True)))
 
 
 class DeduplicateEvents(beam.PTransform[Any, Any]):
     """Drop events whose ``event_id`` was already seen within ``horizon_s`` of event time.
 
     Input and output: timestamped :class:`Event`\\ s in the global window (apply it before any
-    windowing). Counter ``duplicate_events`` in namespace ``streaming_analytics``.
+    windowing; an event's timestamp is its event time, as ``ParseEvents`` sets it). ``shards``:
+    key shards of the dedup state (its parallelism). Counter ``duplicate_events`` in namespace
+    ``streaming_analytics``.
     """
 
-    def __init__(self, horizon_s: float = DEFAULT_HORIZON_S, label: str | None = None) -> None:
+    def __init__(self, horizon_s: float = DEFAULT_HORIZON_S, label: str | None = None, *,
+                 shards: int = DEFAULT_SHARDS) -> None:
         super().__init__(label)
         if horizon_s <= 0:
             raise ValueError(f"horizon_s must be positive, got {horizon_s}")
+        if shards < 1:
+            raise ValueError(f"shards must be >= 1, got {shards}")
         self.horizon_s = horizon_s
+        self.shards = shards
 
     def expand(self, events: PCollection[Any]) -> PCollection[Any]:
         deduplicated: PCollection[Any] = (
             events
-            | "KeyByEventId" >> beam.Map(_by_event_id).with_output_types(Tuple[str, Any])
-            | "DropSeenIds" >> beam.ParDo(_DedupFn(self.horizon_s))
+            | "BatchByIdShard" >> batch_by_shard(self.shards)
+            | "DropSeenIdsPerShard" >> beam.ParDo(_DedupShardFn(self.horizon_s)).with_output_types(Event)
         )
         return deduplicated

@@ -51,6 +51,21 @@ class QuantileSketch:
         index = math.ceil(math.log(value) / self._LOG_GAMMA)
         self.bins[index] = self.bins.get(index, 0) + 1
 
+    @classmethod
+    def bucket_of(cls, value: float) -> int | None:
+        """The bucket :meth:`add` puts ``value`` in; None for the zero bucket."""
+        if value < cls.MIN_VALUE:
+            return None
+        return math.ceil(math.log(value) / cls._LOG_GAMMA)
+
+    def add_bucket(self, index: int | None) -> None:
+        """Add one value by its :meth:`bucket_of` (the same as ``add(value)``)."""
+        self.count += 1
+        if index is None:
+            self.zero_count += 1
+            return
+        self.bins[index] = self.bins.get(index, 0) + 1
+
     def merge(self, other: QuantileSketch) -> None:
         """Add ``other``'s values to this sketch (exact: bucket counts add)."""
         self.count += other.count

@@ -1,0 +1,275 @@
+"""Pipeline benchmarks: throughput of the whole job, and end-to-end latency of early panes.
+
+    python -m benchmarks.pipeline_bench throughput --events 50000
+    python -m benchmarks.pipeline_bench latency --seconds 60 --rate 500
+
+Both run the real job (``pipelines.analytics_pipeline.run``) against the real Kafka, Postgres and
+Redis of the local stack, in a private topic, Postgres schema and stream prefix that are removed
+afterwards.
+
+*throughput*: N generated events are put in the topic first; then the job runs bounded (it stops at
+the end offsets) and events/s = N / wall time of the run, on each runner. The baseline, measured in
+the same run on the same events, is a plain single-threaded Python loop doing the same work
+(parse, validate, dedupe, fixed + sliding aggregates per dimension) without Beam: the ratio says
+what the engine costs, independent of how fast this machine happens to be today.
+
+*latency*: the job runs unbounded on Prism with a short early-firing delay while a producer sends
+live events at ``--rate``. Once a second it also sends a *probe*: an event of a category no other
+event has (``probe-<n>``). The probe's latency is the time from its produce call to the first
+entry for its category window in the Redis stream (its Redis entry id is the server's append
+time), so it spans Kafka, the source, parsing, dedup, windowing, the early trigger and the sink.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import psycopg2
+import redis
+from kafka import KafkaProducer
+
+from pipelines.analytics_pipeline import run
+from pipelines.runners import runner_args
+from streaming_analytics.events import InvalidEvent, parse_event
+from streaming_analytics.generator import EventGenerator, GeneratorConfig
+from streaming_analytics.kafka_topics import ensure_topics
+from streaming_analytics.settings import Settings
+from streaming_analytics.streams import CHANNEL_FIXED, CHANNEL_SLIDING, StreamEntry, stream_key
+
+T0 = 1_767_225_600_000
+PARTITIONS = 4
+
+
+@contextlib.contextmanager
+def private_job(name: str) -> Iterator[Settings]:
+    """Settings for a throwaway topic, schema and stream prefix; cleaned up afterwards."""
+    base = Settings.from_env()
+    s = dataclasses.replace(base, topic_events=name, topic_dlq=f"{name}_dlq",
+                            redis_stream_prefix=f"{name}:", consumer_group=f"g-{name}")
+    ensure_topics(s.kafka_bootstrap, {s.topic_events: PARTITIONS, s.topic_dlq: 1})
+    with psycopg2.connect(s.postgres_dsn) as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE SCHEMA {name}")
+    try:
+        yield s
+    finally:
+        with psycopg2.connect(s.postgres_dsn) as conn, conn.cursor() as cur:
+            cur.execute(f"DROP SCHEMA {name} CASCADE")
+        client = redis.Redis.from_url(s.redis_url)
+        client.delete(*[stream_key(s.redis_stream_prefix, c) for c in (CHANNEL_FIXED, CHANNEL_SLIDING)])
+        client.close()
+        from kafka import KafkaAdminClient
+
+        admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
+        admin.delete_topics([s.topic_events, s.topic_dlq])
+        admin.close()
+
+
+# --- throughput -------------------------------------------------------------------------------------
+def plain_python_baseline(values: list[bytes]) -> float:
+    """The job's work as one Python loop (no Beam); returns events/s."""
+    from transforms.sketches import HyperLogLog, QuantileSketch
+
+    t0 = time.perf_counter()
+    seen: set[str] = set()
+    windows: dict[tuple[str, str, str, int], list[Any]] = defaultdict(
+        lambda: [0, 0.0, float("inf"), float("-inf"), QuantileSketch(), HyperLogLog()])
+    for value in values:
+        try:
+            e = parse_event(value)
+        except InvalidEvent:
+            continue
+        if e.event_id in seen:
+            continue
+        seen.add(e.event_id)
+        t = e.event_time_ms
+        last = t - t % 60_000
+        starts = [("fixed", last)] + [("sliding", s) for s in range(last, t - 300_000, -60_000)]
+        for dim, key in (("event_type_country", f"{e.event_type}|{e.country}"), ("category", e.category)):
+            for kind, start in starts:
+                w = windows[(kind, dim, key, start)]
+                w[0] += 1
+                w[1] += e.amount
+                w[2] = min(w[2], e.amount)
+                w[3] = max(w[3], e.amount)
+                w[4].add(e.amount)
+                w[5].add(e.user_id)
+    return len(values) / (time.perf_counter() - t0)
+
+
+def produce_events(s: Settings, count: int, seed: int = 3) -> list[bytes]:
+    generator = EventGenerator(GeneratorConfig(seed=seed))
+    producer = KafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all", linger_ms=20,
+                             batch_size=262144)
+    values = []
+    for record in generator.records(count, T0, interval_ms=1.0):
+        if record.kind == "too_late":
+            continue
+        producer.send(s.topic_events, key=record.key, value=record.value)
+        values.append(record.value)
+    producer.flush()
+    producer.close()
+    return values
+
+
+def throughput(events: int, runners: list[str]) -> dict[str, Any]:
+    name = f"bench_tp_{int(time.time())}"
+    results: dict[str, Any] = {"events": events}
+    with private_job(name) as s:
+        values = produce_events(s, events)
+        results["events"] = len(values)
+        results["baseline_python_events_per_s"] = plain_python_baseline(values)
+        for runner in runners:
+            schema = f"{name}_{runner}"
+            with psycopg2.connect(s.postgres_dsn) as conn, conn.cursor() as cur:
+                cur.execute(f"CREATE SCHEMA {schema}")
+            try:
+                t0 = time.perf_counter()
+                run([*runner_args(runner, s), "--bounded", f"--postgres_schema={schema}",
+                     "--kafka_start=earliest"], settings=s)
+                elapsed = time.perf_counter() - t0
+            finally:
+                with psycopg2.connect(s.postgres_dsn) as conn, conn.cursor() as cur:
+                    cur.execute(f"DROP SCHEMA {schema} CASCADE")
+            results[f"{runner}_seconds"] = elapsed
+            results[f"{runner}_events_per_s"] = len(values) / elapsed
+            results[f"{runner}_vs_baseline"] = results[f"{runner}_events_per_s"] / results[
+                "baseline_python_events_per_s"]
+    return results
+
+
+# --- latency ----------------------------------------------------------------------------------------
+def latency(seconds: float, rate: float, early_delay_s: float) -> dict[str, Any]:
+    name = f"bench_lat_{int(time.time())}"
+    with private_job(name) as s:
+        job = subprocess.Popen(  # the job in its own process, as under `make run`
+            [sys.executable, "-m", "pipelines.analytics_pipeline", *runner_args("prism", s),
+             f"--postgres_schema={name}", "--kafka_start=latest", f"--early_firing_delay_s={early_delay_s}",
+             "--kafka_max_read_time_s=0.2"],
+            env={**_env_for(s)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            _wait_for_job(s, name)
+            probes = _send_live(s, seconds, rate)
+            time.sleep(3 + early_delay_s)
+            latencies = _probe_latencies(s, probes)
+        finally:
+            job.terminate()
+            job.wait(30)
+    lat = sorted(latencies)
+    return {
+        "probes": len(probes), "seen": len(lat), "rate": rate, "early_firing_delay_s": early_delay_s,
+        "p50_ms": _pct(lat, 0.50), "p95_ms": _pct(lat, 0.95), "p99_ms": _pct(lat, 0.99),
+        "mean_ms": statistics.fmean(lat) if lat else None,
+    }
+
+
+def _env_for(s: Settings) -> dict[str, str]:
+    import os
+
+    return {**os.environ, "SA_KAFKA_TOPIC_EVENTS": s.topic_events, "SA_KAFKA_TOPIC_DLQ": s.topic_dlq,
+            "SA_REDIS_STREAM_PREFIX": s.redis_stream_prefix, "SA_KAFKA_CONSUMER_GROUP": s.consumer_group}
+
+
+def _wait_for_job(s: Settings, schema: str, timeout_s: float = 60) -> None:
+    """The job is live once its migration ran and its readers are assigned (give them a moment)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with psycopg2.connect(s.postgres_dsn) as conn, conn.cursor() as cur:
+            cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{schema}.schema_migrations",))
+            row = cur.fetchone()
+            if row and row[0]:
+                time.sleep(8)  # Prism starts its workers and the source positions at "latest"
+                return
+        time.sleep(0.5)
+    raise TimeoutError("the job did not start")
+
+
+def _send_live(s: Settings, seconds: float, rate: float) -> dict[str, float]:
+    generator = EventGenerator(GeneratorConfig(seed=9, fractions=dataclasses.replace(
+        GeneratorConfig().fractions, late=0, too_late=0, out_of_order=0)))
+    producer = KafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks=1, linger_ms=0)
+    probes: dict[str, float] = {}
+    start = time.monotonic()
+    sent = 0
+    next_probe = start
+    while time.monotonic() - start < seconds:
+        now = time.monotonic()
+        if now >= next_probe:
+            category = f"probe-{len(probes)}"
+            event = _valid_event(generator, category)
+            probes[category] = time.time()
+            producer.send(s.topic_events, key=b"probe", value=event)
+            next_probe += 1.0
+        due = start + sent / rate
+        if time.monotonic() < due:
+            time.sleep(min(due - time.monotonic(), 0.01))
+            continue
+        record = generator.next_record(int(time.time() * 1000))
+        producer.send(s.topic_events, key=record.key, value=record.value)
+        sent += 1
+    producer.flush()
+    producer.close()
+    return probes
+
+
+def _valid_event(generator: EventGenerator, category: str) -> bytes:
+    while True:
+        record = generator.next_record(int(time.time() * 1000))
+        if record.kind in ("normal", "anomalous"):
+            doc = orjson.loads(record.value)
+            doc["category"] = category
+            doc["event_time_ms"] = int(time.time() * 1000)
+            return orjson.dumps(doc)
+
+
+def _probe_latencies(s: Settings, probes: dict[str, float]) -> list[float]:
+    client = redis.Redis.from_url(s.redis_url)
+    first_seen: dict[str, float] = {}
+    for entry_id, fields in client.xrange(stream_key(s.redis_stream_prefix, CHANNEL_FIXED)):
+        entry = StreamEntry.from_fields(fields)
+        key = entry.data.get("key")
+        if entry.data.get("dimension") == "category" and key in probes and key not in first_seen:
+            first_seen[key] = int(entry_id.split(b"-")[0]) / 1000
+    client.close()
+    return [(first_seen[k] - probes[k]) * 1000 for k in probes if k in first_seen]
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.pipeline_bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="what", required=True)
+    tp = sub.add_parser("throughput")
+    tp.add_argument("--events", type=int, default=50_000)
+    tp.add_argument("--runners", default="direct,prism")
+    lat = sub.add_parser("latency")
+    lat.add_argument("--seconds", type=float, default=60)
+    lat.add_argument("--rate", type=float, default=500)
+    lat.add_argument("--early-delay-s", type=float, default=0.1)
+    args = p.parse_args(argv)
+    if args.what == "throughput":
+        result = throughput(args.events, args.runners.split(","))
+    else:
+        result = latency(args.seconds, args.rate, args.early_delay_s)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+

@@ -11,6 +11,7 @@ INSTALL_REQUIRES = [
     "apache-beam==2.77.0",
     "tensorflow-cpu==2.21.0",
     "kafka-python==3.0.12",
+    "crc32c==2.9.post0",  # kafka-python checks record CRCs in C with it, in pure Python without
     "sanic==25.12.1",
     "redis[hiredis]==8.1.0",
     "psycopg2-binary==2.9.13",

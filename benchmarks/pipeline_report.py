@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -67,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--doc", type=Path, default=Path("docs/benchmarks.md"))
     p.add_argument("--json", type=Path, default=Path("var/bench/pipeline.json"))
     args = p.parse_args(argv)
-    command = ("python -m benchmarks.pipeline_report " + " ".join(argv)) if argv else \
-        "python -m benchmarks.pipeline_report"
+    shown = sys.argv[1:] if argv is None else argv
+    command = " ".join(["python -m benchmarks.pipeline_report", *shown])
     t0 = time.monotonic()
     tp = throughput(args.events, args.runners.split(","))
     lat = latency(args.latency_seconds, args.latency_rate, args.early_delay_s)

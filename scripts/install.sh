@@ -22,7 +22,16 @@ INSTALL_NAME=install
 # shellcheck source=scripts/lib.sh
 source "$ROOT/scripts/lib.sh"
 
-PYTHON="${PYTHON:-python3.11}"
+# Python 3.11 (the version everything is pinned for): $PYTHON, else python3.11, else python3 if 3.11.
+if [[ -z "${PYTHON:-}" ]]; then
+  for candidate in python3.11 python3; do
+    if command -v "$candidate" >/dev/null 2>&1 \
+       && "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+      PYTHON="$candidate"
+      break
+    fi
+  done
+fi
 VENV="$ROOT/.venv"
 FLINK_VERSION="2.2.1"
 BEAM_VERSION="2.77.0"
@@ -46,7 +55,7 @@ command -v mvn >/dev/null 2>&1 || missing+=(maven)
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
 command -v npm >/dev/null 2>&1 || missing+=(npm)          # the dashboard's front-end packages
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)  # the dashboard's browser test
-"$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+[[ -z "${PYTHON:-}" ]] || "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if ((${#missing[@]})); then
   say "installing Debian packages: ${missing[*]}"
   if [[ $(id -u) -ne 0 ]]; then
@@ -65,7 +74,7 @@ fi
 VENV_RECIPE=2
 venv_hash="$VENV_RECIPE-$(hash_of setup.py requirements/constraints.txt)"
 if ! stamp_ok venv "$venv_hash" || [[ ! -x "$VENV/bin/python" ]]; then
-  command -v "$PYTHON" >/dev/null 2>&1 || fail "$PYTHON not found (the project targets Python 3.11)"
+  [[ -n "${PYTHON:-}" ]] || fail "Python 3.11 not found (set PYTHON=/path/to/python3.11)"
   say "installing the pinned Python dependencies into .venv (the first run downloads ~2 GB)"
   [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade "pip==25.3" "setuptools>=68,<81" wheel

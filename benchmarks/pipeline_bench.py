@@ -41,11 +41,11 @@ from kafka import KafkaProducer
 
 from pipelines.analytics_pipeline import run
 from pipelines.runners import runner_args
+from streaming_analytics import sandbox
 from streaming_analytics.events import InvalidEvent, parse_event
 from streaming_analytics.generator import EventGenerator, GeneratorConfig
-from streaming_analytics.kafka_topics import ensure_topics
 from streaming_analytics.settings import Settings
-from streaming_analytics.streams import CHANNEL_FIXED, CHANNEL_SLIDING, StreamEntry, stream_key
+from streaming_analytics.streams import CHANNEL_FIXED, StreamEntry, stream_key
 
 T0 = 1_767_225_600_000
 PARTITIONS = 4
@@ -53,26 +53,9 @@ PARTITIONS = 4
 
 @contextlib.contextmanager
 def private_job(name: str) -> Iterator[Settings]:
-    """Settings for a throwaway topic, schema and stream prefix; cleaned up afterwards."""
-    base = Settings.from_env()
-    s = dataclasses.replace(base, topic_events=name, topic_dlq=f"{name}_dlq",
-                            redis_stream_prefix=f"{name}:", consumer_group=f"g-{name}")
-    ensure_topics(s.kafka_bootstrap, {s.topic_events: PARTITIONS, s.topic_dlq: 1})
-    with psycopg2.connect(s.postgres_dsn) as conn, conn.cursor() as cur:
-        cur.execute(f"CREATE SCHEMA {name}")
-    try:
+    """A throwaway namespace for one benchmark run, topics included (see streaming_analytics.sandbox)."""
+    with sandbox.private_job(Settings.from_env(), name, PARTITIONS, delete_topics=True) as s:
         yield s
-    finally:
-        with psycopg2.connect(s.postgres_dsn) as conn, conn.cursor() as cur:
-            cur.execute(f"DROP SCHEMA {name} CASCADE")
-        client = redis.Redis.from_url(s.redis_url)
-        client.delete(*[stream_key(s.redis_stream_prefix, c) for c in (CHANNEL_FIXED, CHANNEL_SLIDING)])
-        client.close()
-        from kafka import KafkaAdminClient
-
-        admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
-        admin.delete_topics([s.topic_events, s.topic_dlq])
-        admin.close()
 
 
 # --- throughput -------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Shared by the pipeline's end-to-end and fault tests: a private job, and the exactness check.
+"""Shared by the pipeline's end-to-end and fault tests: the exactness check (the private job they
+run in is streaming_analytics.sandbox).
 
 The check recomputes every window's aggregates independently, in plain Python, from the records
 actually in the topic (first delivery of each event id counts), and compares them with the final
@@ -7,12 +8,10 @@ pane of each window in Postgres and the newest pane of each window key in the Re
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import psycopg2
@@ -21,7 +20,6 @@ import redis
 from kafka import KafkaConsumer, TopicPartition
 
 from streaming_analytics.events import Event, InvalidEvent, parse_event
-from streaming_analytics.kafka_topics import ensure_topics
 from streaming_analytics.settings import Settings
 from streaming_analytics.streams import CHANNEL_FIXED, CHANNEL_SLIDING, StreamEntry, stream_key
 
@@ -55,23 +53,6 @@ class Stats:
     amounts: list[float] = field(default_factory=list)
     users: set[str] = field(default_factory=set)
 
-
-@contextmanager
-def private_job(settings: Settings, name: str, partitions: int) -> Iterator[Settings]:
-    """Settings pointing the job at its own topics, Postgres schema and stream prefix."""
-    s = dataclasses.replace(settings, topic_events=name, topic_dlq=f"{name}_dlq",
-                            redis_stream_prefix=f"{name}:", consumer_group=f"g-{name}")
-    ensure_topics(s.kafka_bootstrap, {s.topic_events: partitions, s.topic_dlq: 1})
-    with psycopg2.connect(s.postgres_dsn) as conn, conn.cursor() as cur:
-        cur.execute(f"CREATE SCHEMA {name}")
-    try:
-        yield s
-    finally:
-        with psycopg2.connect(s.postgres_dsn) as conn, conn.cursor() as cur:
-            cur.execute(f"DROP SCHEMA {name} CASCADE")
-        client = redis.Redis.from_url(s.redis_url)
-        client.delete(*[stream_key(s.redis_stream_prefix, c) for c in (CHANNEL_FIXED, CHANNEL_SLIDING)])
-        client.close()
 
 
 def consume_all(s: Settings, partitions: int) -> list:

@@ -18,8 +18,9 @@ import pytest
 
 from pipelines.analytics_pipeline import run
 from pipelines.runners import runner_args
+from streaming_analytics.sandbox import private_job
 from streaming_analytics.settings import Settings
-from tests.integration.pipeline_support import Windows, assert_results_exact, private_job
+from tests.integration.pipeline_support import Windows, assert_results_exact
 
 T0 = 1_767_225_600_000
 COUNT = 3_000

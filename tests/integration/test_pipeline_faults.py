@@ -25,14 +25,10 @@ import pytest
 
 from pipelines.runners import runner_args
 from streaming_analytics.generator import EventGenerator, Fractions, GeneratorConfig, produce
+from streaming_analytics.sandbox import private_job
 from streaming_analytics.settings import Settings
 from streaming_analytics.stack.manager import Stack
-from tests.integration.pipeline_support import (
-    Windows,
-    assert_results_exact,
-    private_job,
-    wait_for_committed_offsets,
-)
+from tests.integration.pipeline_support import Windows, assert_results_exact, wait_for_committed_offsets
 
 PARTITIONS = 3
 WINDOWS = Windows(fixed_s=5, sliding_s=10, period_s=5)

@@ -1,0 +1,50 @@
+"""A private namespace for one run of the job: its own topics, Postgres schema, stream prefix and
+consumer group, so tests and benchmarks can run the real job beside `make run` and each other.
+
+    with private_job(Settings.from_env(), "bench_x", partitions=4) as s:
+        run([...], settings=s)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg2
+import redis
+from kafka import KafkaAdminClient
+
+from streaming_analytics.db.migrate import check_schema_name
+from streaming_analytics.kafka_topics import ensure_topics
+from streaming_analytics.settings import Settings
+from streaming_analytics.streams import CHANNELS, stream_key
+
+
+@contextmanager
+def private_job(settings: Settings, name: str, partitions: int, *,
+                delete_topics: bool = False) -> Iterator[Settings]:
+    """Settings pointing the job at ``name``-scoped topics, schema, streams and group.
+
+    The schema (named ``name``) is created empty: ``run()`` migrates it. On exit the schema and
+    the streams are dropped, and the topics too with ``delete_topics`` (tests keep them: Kafka
+    deletes asynchronously, and unique names never collide).
+    """
+    check_schema_name(name)
+    s = dataclasses.replace(settings, topic_events=name, topic_dlq=f"{name}_dlq",
+                            redis_stream_prefix=f"{name}:", consumer_group=f"g-{name}")
+    ensure_topics(s.kafka_bootstrap, {s.topic_events: partitions, s.topic_dlq: 1})
+    with psycopg2.connect(s.postgres_dsn) as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE SCHEMA {name}")
+    try:
+        yield s
+    finally:
+        with psycopg2.connect(s.postgres_dsn) as conn, conn.cursor() as cur:
+            cur.execute(f"DROP SCHEMA {name} CASCADE")
+        client = redis.Redis.from_url(s.redis_url)
+        client.delete(*[stream_key(s.redis_stream_prefix, c) for c in CHANNELS])
+        client.close()
+        if delete_topics:
+            admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
+            admin.delete_topics([s.topic_events, s.topic_dlq])
+            admin.close()

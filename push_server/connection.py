@@ -30,6 +30,7 @@ from push_server.client import (
     StopSubscription,
 )
 from push_server.disconnect import Disconnect
+from push_server.frames import DirectWriter, text_frame
 from push_server.hub import AdmissionRefusedError, HubClient
 from push_server.pg import DatabaseUnavailableError
 from push_server.writer import Outbox, OutboxClosedError
@@ -130,17 +131,24 @@ class Connection:
         written back to back until the outbox is empty, or :data:`LATENCY_BATCH` of them — as the
         time from queueing the batch's oldest frame until its last frame is written: an upper
         bound of every frame's queue-to-socket latency in the batch, so no tail is hidden.
+
+        A frame goes to the transport as ready-made bytes (a publication's, built once by the hub,
+        or encoded here) whenever :class:`~push_server.frames.DirectWriter` says that is what
+        ``ws.send`` would do anyway; otherwise — socket backed up, closing, an unusual connection —
+        through ``ws.send``, which waits for the drain or raises as before.
         """
         metrics = self._node.metrics
         outbox, ws = self.outbox, self._ws
+        direct = DirectWriter.attach(ws)
         written = 0  # frames of the current batch already on the socket
         oldest = 0.0  # enqueue time of the current batch's first frame
         try:
             while True:
-                frame, queued_at = await outbox.get()
+                frame, queued_at, wire = await outbox.get()
                 if not written:
                     oldest = queued_at
-                await ws.send(frame)
+                if direct is None or not direct.write(text_frame(frame) if wire is None else wire):
+                    await ws.send(frame)
                 written += 1
                 if written >= LATENCY_BATCH or not outbox:
                     metrics.frames_sent += written

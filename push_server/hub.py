@@ -1,8 +1,9 @@
 """Who is connected to this process and what they subscribe to; fan-out of stream entries.
 
 The hub is synchronous and does no I/O: the broker's reader task calls :meth:`Hub.publish` once
-per stream entry, the entry is serialised at most once (only if someone wants it) and the same
-``str`` is offered to each matching subscriber's bounded :class:`~push_server.writer.Outbox`.
+per stream entry, the entry is serialised at most once (only if someone wants it) — the JSON text
+and its WebSocket frame bytes (:func:`push_server.frames.text_frame`) — and the same pair is
+offered to each matching subscriber's bounded :class:`~push_server.writer.Outbox`.
 A subscriber whose outbox is full is disconnected with ``SLOW_CLIENT`` on the spot and removed, so
 the loop never waits for anyone (backpressure policy in :mod:`push_server.writer`). A failure
 while delivering to one client is logged and that client dropped; it never aborts the loop.
@@ -20,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from push_server import disconnect, protocol
+from push_server import disconnect, frames, protocol
 from push_server.disconnect import Disconnect
 from push_server.protocol import KeyFilter, Offset
 from push_server.seam import SeamFilter
@@ -45,7 +46,8 @@ class Subscription:
     client: HubClient
     channel: str
     keys: KeyFilter | None
-    pending: list[tuple[Offset, str, int, str]] | None = None  # (offset, key, pane, frame) held back
+    # (offset, key, pane, frame, wire bytes) held back
+    pending: list[tuple[Offset, str, int, str, bytes]] | None = None
     skip_until: Offset | None = None  # live entries at or before this were replayed already
     seam: SeamFilter | None = None  # (key, pane) a Postgres replay already sent
 
@@ -152,8 +154,8 @@ class Hub:
         pending, sub.pending = sub.pending, None
         sub.skip_until = last_sent
         sub.seam = seam if seam is not None and seam.active else None
-        for offset, key, pane, frame in pending:
-            self._deliver(sub, offset, key, pane, frame)
+        for offset, key, pane, frame, wire in pending:
+            self._deliver(sub, offset, key, pane, frame, wire=wire)
             if client.kicked is not None:
                 return
 
@@ -164,6 +166,7 @@ class Hub:
         if not subs:
             return 0
         frame: str | None = None
+        wire = b""
         parsed = protocol.parse_offset(offset)
         delivered = 0
         for sub in list(subs.values()):
@@ -172,20 +175,22 @@ class Hub:
                     continue
                 if frame is None:
                     frame = protocol.publication_frame(channel, offset, entry)
-                if self._deliver(sub, parsed, entry.key, entry.pane, frame):
+                    wire = frames.text_frame(frame)
+                if self._deliver(sub, parsed, entry.key, entry.pane, frame, wire=wire):
                     delivered += 1
             except Exception:  # one broken client must not stop the fan-out to the others
                 log.exception("delivery to client %s failed; disconnecting it", sub.client.id)
                 self.kick(sub.client, disconnect.INTERNAL_ERROR)
         return delivered
 
-    def _deliver(self, sub: Subscription, offset: Offset, key: str, pane: int, frame: str) -> bool:
+    def _deliver(self, sub: Subscription, offset: Offset, key: str, pane: int, frame: str, *,
+                 wire: bytes) -> bool:
         if sub.pending is not None:
             if len(sub.pending) >= self._max_pending:
                 self.stats.dropped += 1
                 self.kick(sub.client, disconnect.SLOW_CLIENT)
                 return False
-            sub.pending.append((offset, key, pane, frame))
+            sub.pending.append((offset, key, pane, frame, wire))
             return True
         if sub.skip_until is not None:
             if offset <= sub.skip_until:
@@ -197,7 +202,7 @@ class Hub:
                 sub.seam = None
             if not admitted:
                 return False  # the Postgres replay sent this pane (or a newer one) already
-        if sub.client.outbox.offer(frame):
+        if sub.client.outbox.offer(frame, wire=wire):
             self.stats.enqueued += 1
             return True
         self.stats.dropped += 1

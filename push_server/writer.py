@@ -7,6 +7,9 @@ client that reconnects with its last offset recovers what it missed. Command rep
 ``force=True`` so that a reply is never the reason for a disconnect; they are few and bounded by
 the command rate limit. History replay during recovery waits for room instead (:meth:`put`),
 because it is paced by the client and must not be lost.
+
+A frame may come with its wire bytes (``wire``, :func:`push_server.frames.text_frame`), built once
+by the hub for all subscribers of a publication; the writer then sends those bytes as they are.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ class OutboxClosedError(Exception):
 class Outbox:
     """A bounded FIFO of text frames with their enqueue time (for the send-latency metric)."""
 
+    # (frame, enqueue time, pre-encoded WebSocket frame or None)
+
     def __init__(self, maxsize: int) -> None:
         if maxsize < 1:
             raise ValueError("maxsize must be >= 1")
         self.maxsize = maxsize
-        self._items: deque[tuple[str, float]] = deque()
+        self._items: deque[tuple[str, float, bytes | None]] = deque()
         self._readable = asyncio.Event()
         self._drained = asyncio.Event()  # set whenever get() takes a frame
         self._closed = False
@@ -39,13 +44,13 @@ class Outbox:
     def closed(self) -> bool:
         return self._closed
 
-    def offer(self, frame: str, *, force: bool = False) -> bool:
-        """Queue ``frame`` unless the queue is full (or closed); never blocks."""
+    def offer(self, frame: str, *, force: bool = False, wire: bytes | None = None) -> bool:
+        """Queue ``frame`` (and its wire bytes, if built) unless the queue is full or closed; never blocks."""
         if self._closed:
             return False
         if not force and len(self._items) >= self.maxsize:
             return False
-        self._items.append((frame, time.monotonic()))
+        self._items.append((frame, time.monotonic(), wire))
         self._readable.set()
         return True
 
@@ -63,8 +68,11 @@ class Outbox:
         if self._closed or not self.offer(frame, force=True):
             raise OutboxClosedError
 
-    async def get(self) -> tuple[str, float]:
-        """Next frame and its enqueue time (monotonic); :class:`OutboxClosedError` once closed and empty."""
+    async def get(self) -> tuple[str, float, bytes | None]:
+        """Next frame, its enqueue time (monotonic) and wire bytes (None: not pre-encoded).
+
+        :class:`OutboxClosedError` once closed and empty.
+        """
         while not self._items:
             if self._closed:
                 raise OutboxClosedError

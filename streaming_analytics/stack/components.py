@@ -9,6 +9,7 @@ the CLI pick it up from there.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import pwd
@@ -245,7 +246,7 @@ class Postgres(Component):
         data = ctx.data_dir("postgres")
         if run_as and not _accessible_by(run_as, data):
             # e.g. a checkout under /root (mode 700): keep the cluster in a per-checkout temp dir.
-            key = base64.b32encode(str(ctx.stack_dir).encode()).decode()[-16:].lower()
+            key = hashlib.sha256(str(ctx.stack_dir).encode()).hexdigest()[:12]
             data = Path("/var/tmp") / f"streaming-analytics-pg-{key}"  # noqa: S108 - fixed, per-checkout name
             data.mkdir(parents=True, exist_ok=True)
             (ctx.data_dir("postgres") / "LOCATION").write_text(f"{data}\n")

@@ -26,6 +26,8 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -139,15 +141,18 @@ def latency(seconds: float, rate: float, early_delay_s: float) -> dict[str, Any]
             [sys.executable, "-m", "pipelines.analytics_pipeline", *runner_args("prism", s),
              f"--postgres_schema={name}", "--kafka_start=latest", f"--early_firing_delay_s={early_delay_s}",
              "--kafka_max_read_time_s=0.2"],
-            env={**_env_for(s)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            env={**_env_for(s)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            # Its own process group: Beam starts Prism as a child of the job, and a SIGTERM to the
+            # job alone skips Beam's clean-up and leaves that Prism running (and burning CPU in
+            # the next measurement); stopping the group stops both.
+            start_new_session=True)
         try:
             _wait_for_job(s, name)
             probes = _send_live(s, seconds, rate)
             time.sleep(3 + early_delay_s)
             latencies = _probe_latencies(s, probes)
         finally:
-            job.terminate()
-            job.wait(30)
+            _stop_group(job)
     lat = sorted(latencies)
     return {
         "probes": len(probes), "seen": len(lat), "rate": rate, "early_firing_delay_s": early_delay_s,
@@ -156,9 +161,18 @@ def latency(seconds: float, rate: float, early_delay_s: float) -> dict[str, Any]
     }
 
 
-def _env_for(s: Settings) -> dict[str, str]:
-    import os
+def _stop_group(job: subprocess.Popen[bytes]) -> None:
+    """Stop the job and every process it started (Prism)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(job.pid, signal.SIGTERM)
+    try:
+        job.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait(30)
 
+
+def _env_for(s: Settings) -> dict[str, str]:
     return {**os.environ, "SA_KAFKA_TOPIC_EVENTS": s.topic_events, "SA_KAFKA_TOPIC_DLQ": s.topic_dlq,
             "SA_REDIS_STREAM_PREFIX": s.redis_stream_prefix, "SA_KAFKA_CONSUMER_GROUP": s.consumer_group}
 

@@ -12,6 +12,7 @@ machine cannot install (docs/status.md).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -52,16 +53,18 @@ def job(settings: Settings, unique_name: str,
                 f"--postgres_schema={s.topic_events}", "--kafka_start=earliest", "--kafka_idle_timeout_s=3"]
         log = tmp_path / "job.log"
         with log.open("wb") as out:
-            proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+            # Its own process group: the launcher starts Prism as a child, and both must go.
+            proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
         try:
             _wait_for_migrations(s, s.topic_events, proc, log)
             yield s, proc
         finally:
-            proc.terminate()
+            os.killpg(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
 
 

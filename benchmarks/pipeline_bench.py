@@ -232,10 +232,13 @@ def _valid_event(generator: EventGenerator, category: str) -> bytes:
 def _probe_latencies(s: Settings, probes: dict[str, float]) -> list[float]:
     client = redis.Redis.from_url(s.redis_url)
     first_seen: dict[str, float] = {}
-    for entry_id, fields in client.xrange(stream_key(s.redis_stream_prefix, CHANNEL_FIXED)):
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(  # type: ignore[assignment]
+        stream_key(s.redis_stream_prefix, CHANNEL_FIXED))  # redis-py's stubs allow str or None here
+    for entry_id, fields in entries:
         entry = StreamEntry.from_fields(fields)
         key = entry.data.get("key")
         if entry.data.get("dimension") == "category" and key in probes and key not in first_seen:
+            # The entry id is the Redis server's append time in milliseconds.
             first_seen[key] = int(entry_id.split(b"-")[0]) / 1000
     client.close()
     return [(first_seen[k] - probes[k]) * 1000 for k in probes if k in first_seen]

@@ -27,7 +27,7 @@ The tables come from ``python -m streaming_analytics.db.migrate``; the sinks nev
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar, Final
 
 import apache_beam as beam
@@ -43,6 +43,7 @@ from streaming_analytics.db.migrate import check_schema_name
 from transforms import metrics, sink_metrics
 from transforms.records import DeadLetter
 from transforms.retry import RetryPolicy, call_with_retry
+from transforms.sink_base import BatchingWriteFn
 from transforms.sink_records import (
     aggregate_dict,
     alert_dict,
@@ -77,8 +78,8 @@ def is_transient(exc: Exception) -> bool:
     return False
 
 
-class _PostgresWriteFn(beam.DoFn):
-    """Batch rows within a bundle; write each batch in one transaction, retrying transient errors.
+class _PostgresWriteFn(BatchingWriteFn[Row]):
+    """Write each batch of rows in one transaction, retrying transient errors.
 
     Subclasses say which table, how a record becomes a row and how a batch is deduplicated.
     """
@@ -90,12 +91,9 @@ class _PostgresWriteFn(beam.DoFn):
 
     def __init__(self, *, dsn: str, schema: str, batch_size: int, retry_policy: RetryPolicy,
                  application_name: str, connect_timeout_s: int) -> None:
-        super().__init__()
-        if batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
+        super().__init__(batch_size=batch_size)
         self._dsn = dsn
         self._schema = check_schema_name(schema)
-        self._batch_size = batch_size
         self._policy = retry_policy
         self._application_name = application_name
         self._connect_timeout_s = connect_timeout_s
@@ -104,12 +102,8 @@ class _PostgresWriteFn(beam.DoFn):
         self._applied = Metrics.counter(metrics.NAMESPACE, sink_metrics.rows_applied(self._sink))
         self._retries = Metrics.counter(metrics.NAMESPACE, sink_metrics.retries(self._sink))
         self._conn: pg_connection | None = None
-        self._batch: list[Row] = []
 
-    # -- subclass hooks ---------------------------------------------------------------------------
-
-    def to_row(self, element: Any) -> Row:
-        raise NotImplementedError
+    # -- subclass hooks (and BatchingWriteFn.convert: a record as a row) ------------------------
 
     def dedupe(self, rows: list[Row]) -> list[Row]:
         """Rows of one statement; by default all of them (``DO NOTHING`` tolerates duplicates)."""
@@ -122,18 +116,6 @@ class _PostgresWriteFn(beam.DoFn):
         self._template = "(" + ", ".join(["%s"] * len(self.COLUMNS)) + ")"
         # Connect now so a wrong DSN fails the job at start, not at the first record.
         self._retrying(self._connection)
-
-    def start_bundle(self) -> None:
-        self._batch = []
-
-    def process(self, element: Any) -> Iterable[None]:
-        self._batch.append(self.to_row(element))
-        if len(self._batch) >= self._batch_size:
-            self._flush()
-        return ()
-
-    def finish_bundle(self) -> None:
-        self._flush()
 
     def teardown(self) -> None:
         if self._conn is not None:
@@ -167,10 +149,8 @@ class _PostgresWriteFn(beam.DoFn):
         return call_with_retry(action, sink=self._sink, policy=self._policy, is_transient=is_transient,
                                on_retry=self._drop_connection)
 
-    def _flush(self) -> None:
-        if not self._batch:
-            return
-        rows = self.dedupe(self._batch)
+    def write_batch(self, batch: list[Row]) -> None:
+        rows = self.dedupe(batch)
         try:
             applied = self._retrying(lambda: self._write(rows))
         except psycopg2.errors.UndefinedTable as exc:
@@ -180,7 +160,6 @@ class _PostgresWriteFn(beam.DoFn):
             ) from exc
         self._written.inc(len(rows))
         self._applied.inc(applied)
-        self._batch = []
 
     def _write(self, rows: Sequence[Row]) -> int:
         """Write one batch in one transaction; return how many rows changed."""
@@ -219,7 +198,7 @@ class _AggregateUpsertFn(_PostgresWriteFn):
         + ", updated_at = now() WHERE t.pane_index < EXCLUDED.pane_index"
     )
 
-    def to_row(self, element: Any) -> Row:
+    def convert(self, element: Any) -> Row:
         a = aggregate_dict(element)
         return (a["kind"], a["dimension"], a["key"], ms_to_datetime(a["window_start_ms"]),
                 ms_to_datetime(a["window_end_ms"]), a["pane_index"], a["timing"], a["is_final"], a["count"],
@@ -242,7 +221,7 @@ class _AlertInsertFn(_PostgresWriteFn):
     COLUMNS = ("alert_id", "event_id", "user_id", "score", "model_version", "event_time", "emitted_at")
     ON_CONFLICT = "ON CONFLICT (alert_id) DO NOTHING"
 
-    def to_row(self, element: Any) -> Row:
+    def convert(self, element: Any) -> Row:
         a = alert_dict(element)
         return (a["alert_id"], a["event_id"], a["user_id"], a["score"], a["model_version"],
                 ms_to_datetime(a["event_time_ms"]), ms_to_datetime(a["emitted_at_ms"]))
@@ -256,7 +235,7 @@ class _DeadLetterInsertFn(_PostgresWriteFn):
     # hash) index are arbiters.
     ON_CONFLICT = "ON CONFLICT DO NOTHING"
 
-    def to_row(self, element: Any) -> Row:
+    def convert(self, element: Any) -> Row:
         d: DeadLetter = dead_letter_of(element)
         raw = None if d.raw is None else psycopg2.Binary(d.raw)
         return (raw, d.reason_code, d.reason_detail, d.topic, d.partition, d.offset,

@@ -20,7 +20,7 @@ a little longer than ``maxlen``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, Final
 
 import apache_beam as beam
@@ -33,6 +33,7 @@ from redis.retry import Retry
 from streaming_analytics.streams import CHANNEL_ALERTS, CHANNELS, StreamEntry, stream_key, window_key
 from transforms import metrics, sink_metrics
 from transforms.retry import RetryPolicy, call_with_retry
+from transforms.sink_base import BatchingWriteFn
 from transforms.sink_records import aggregate_dict, alert_dict
 
 DEFAULT_BATCH_SIZE: Final = 500
@@ -70,19 +71,18 @@ def is_transient(exc: Exception) -> bool:
     return isinstance(exc, redis.ConnectionError | redis.TimeoutError | redis.BusyLoadingError)
 
 
-class _XAddFn(beam.DoFn):
-    """Buffer entries within a bundle; ``XADD`` each full batch and the rest in ``finish_bundle``."""
+class _XAddFn(BatchingWriteFn[dict[str, bytes]]):
+    """``XADD`` entries in batches (one ``MULTI``/``EXEC`` each), retrying transient errors."""
 
     def __init__(self, *, redis_url: str, stream: str, channel: str, maxlen: int, batch_size: int,
                  retry_policy: RetryPolicy, client_name: str, socket_timeout_s: float) -> None:
-        super().__init__()
-        if batch_size < 1 or maxlen < 1:
-            raise ValueError("batch_size and maxlen must be >= 1")
+        super().__init__(batch_size=batch_size)
+        if maxlen < 1:
+            raise ValueError("maxlen must be >= 1")
         self._url = redis_url
         self._stream = stream
         self._to_entry = alert_entry if channel == CHANNEL_ALERTS else aggregate_entry
         self._maxlen = maxlen
-        self._batch_size = batch_size
         self._policy = retry_policy
         self._client_name = client_name
         self._socket_timeout_s = socket_timeout_s
@@ -90,7 +90,6 @@ class _XAddFn(beam.DoFn):
         self._written = Metrics.counter(metrics.NAMESPACE, sink_metrics.rows_written(self._sink))
         self._retries = Metrics.counter(metrics.NAMESPACE, sink_metrics.retries(self._sink))
         self._client: redis.Redis | None = None
-        self._batch: list[dict[str, bytes]] = []
 
     def setup(self) -> None:
         # The library's own retries are off (retries=0): one retry layer, ours, with its budget.
@@ -101,18 +100,9 @@ class _XAddFn(beam.DoFn):
         # Connect now so a wrong URL fails the job at start, not at the first record.
         self._retrying(self._client.ping)
 
-    def start_bundle(self) -> None:
-        self._batch = []
-
-    def process(self, element: Any) -> Iterable[None]:
+    def convert(self, element: Any) -> dict[str, bytes]:
         entry = element if isinstance(element, StreamEntry) else self._to_entry(element)
-        self._batch.append(entry.to_fields())
-        if len(self._batch) >= self._batch_size:
-            self._flush()
-        return ()
-
-    def finish_bundle(self) -> None:
-        self._flush()
+        return entry.to_fields()
 
     def teardown(self) -> None:
         if self._client is not None:
@@ -123,13 +113,9 @@ class _XAddFn(beam.DoFn):
         return call_with_retry(action, sink=self._sink, policy=self._policy, is_transient=is_transient,
                                on_retry=lambda _exc: self._retries.inc())
 
-    def _flush(self) -> None:
-        if not self._batch:
-            return
-        batch = self._batch
+    def write_batch(self, batch: list[dict[str, bytes]]) -> None:
         self._retrying(lambda: self._xadd(batch))
         self._written.inc(len(batch))
-        self._batch = []
 
     def _xadd(self, batch: list[dict[str, bytes]]) -> None:
         assert self._client is not None, "setup() not called"

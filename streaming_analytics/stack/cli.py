@@ -79,15 +79,16 @@ def _run(stack: Stack) -> int:
         stack.up(profiles=("infra", "app"))
         _print_urls(stack)
         print("\nPress Ctrl-C (or run `make stop` elsewhere) to stop everything.", flush=True)
+        # Watch the recorded PIDs only: a health probe per component every 2 s is work the
+        # supervisor does not need (`make status` probes on demand).
         while not stop.wait(2.0):
-            rows = stack.status()
-            if all(r.state == "stopped" for r in rows if r.state != "external"):
+            exited = stack.exited_processes()
+            if exited is None:
                 print("the stack was stopped elsewhere")
                 return 0
-            dead = [r for r in rows if r.state in ("degraded", "stopped")]
-            if dead:
-                for row in dead:
-                    print(f"error: {row.name} is {row.state} {row.detail}; see `make logs`", file=sys.stderr)
+            if exited:
+                for name in exited:
+                    print(f"error: {name} exited; see `make logs`", file=sys.stderr)
                 return 1
         return 0
     except StackError as exc:

@@ -182,6 +182,25 @@ class Stack:
         self.down([name], log=False)
         self.up([name], log=False)
 
+    def exited_processes(self) -> list[str] | None:
+        """Names of recorded processes that are no longer running (by PID and start time, no
+        probes); None when nothing is recorded any more (someone ran ``down``).
+
+        While another ``up``/``down`` holds the stack's lock, processes stopping on purpose are not
+        failures: report nothing until it is done.
+        """
+        with (self.stack_dir / ".lock").open("w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return []
+            state = self._load()
+        recorded = [p for raw in state["processes"].values() if isinstance(raw, list)
+                    for p in (RunningProcess.from_json(d) for d in raw)]
+        if not recorded:
+            return None
+        return [p.name for p in recorded if not p.alive()]
+
     def processes(self, name: str) -> list[RunningProcess]:
         """The recorded processes of one component (fault tests kill or restart them)."""
         return self._processes(self._load(), name)

@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 
 from streaming_analytics.stack.manager import Stack, StackError
+from streaming_analytics.stack.process import reap_children
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,9 +80,10 @@ def _run(stack: Stack) -> int:
         stack.up(profiles=("infra", "app"))
         _print_urls(stack)
         print("\nPress Ctrl-C (or run `make stop` elsewhere) to stop everything.", flush=True)
-        # Watch the recorded PIDs only: a health probe per component every 2 s is work the
+        # Watch the recorded PIDs only: a health probe per component every tick is work the
         # supervisor does not need (`make status` probes on demand).
-        while not stop.wait(2.0):
+        while not stop.wait(0.5):
+            reap_children()
             exited = stack.exited_processes()
             if exited is None:
                 print("the stack was stopped elsewhere")

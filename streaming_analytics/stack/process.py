@@ -136,6 +136,18 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         os.kill(pid, sig)
 
 
+def reap_children() -> None:
+    """Reap every exited child of this process. A supervisor must: a child stopped by another
+    process (`make stop` elsewhere) stays a zombie — and its PID taken — until its parent reaps it."""
+    while True:
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
 def _wait_gone(pid: int, timeout_s: float = 10.0) -> None:
     """Reap ``pid`` if it is our child, and wait until not even its zombie is left: a restarted
     server checks whether its predecessor's PID still exists (PostgreSQL's postmaster.pid does)."""

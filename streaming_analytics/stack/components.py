@@ -120,7 +120,7 @@ class Kafka(Component):
         java = [_java(), "-Xms512m", "-Xmx512m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
                 f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{libs}/*"]
         if not (data / "log" / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cluster_id = kafka_cluster_id()
             _run_once([*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(conf)],
                       ctx.log_path("kafka-format"), "formatting Kafka storage")
         ctx.endpoints["SA_KAFKA_BOOTSTRAP"] = f"{LOOPBACK}:{port}"
@@ -150,6 +150,16 @@ class Kafka(Component):
 
     def urls(self, ctx: StackContext) -> dict[str, str]:
         return {"Kafka bootstrap": ctx.endpoints["SA_KAFKA_BOOTSTRAP"]}
+
+
+def kafka_cluster_id() -> str:
+    """A random Kafka cluster id (base64url of 16 bytes), never starting with "-": the storage
+    tool would read such an id as an option (Kafka's own Uuid.randomUuid() re-draws for the same
+    reason)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _kafka_properties(port: int, controller_port: int, log_dir: Path) -> str:

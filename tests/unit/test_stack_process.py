@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from streaming_analytics.stack import process
+from streaming_analytics.stack.components import kafka_cluster_id
 from streaming_analytics.stack.process import ProcessSpec, RunningProcess
 
 
@@ -59,3 +60,9 @@ def test_port_helpers_see_a_taken_port() -> None:
         assert not process.port_is_free(taken)
         other = process.free_port()
         assert other != taken and process.port_is_free(other)
+
+
+def test_kafka_cluster_ids_never_look_like_an_option() -> None:
+    ids = {kafka_cluster_id() for _ in range(3000)}  # a leading "-" would come up ~47 times
+    assert len(ids) == 3000
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from push_server.app import create_app
+from push_server.app import create_app, serve
 from streaming_analytics.settings import Settings
 
 
@@ -60,13 +60,10 @@ def main() -> int:
     configure_logging(settings.log_level)
     app = create_app(settings, name="push_server")
     tune_gc()
-    ssl = None
-    if settings.push_tls_cert and settings.push_tls_key:
-        ssl = {"cert": settings.push_tls_cert, "key": settings.push_tls_key}
-    logging.getLogger(__name__).info("push server on %s://%s:%d/ws", "wss" if ssl else "ws",
+    tls = bool(settings.push_tls_cert and settings.push_tls_key)
+    logging.getLogger(__name__).info("push server on %s://%s:%d/ws", "wss" if tls else "ws",
                                      settings.push_host, settings.push_port)
-    app.run(host=settings.push_host, port=settings.push_port, single_process=True,
-            access_log=False, ssl=ssl, motd=False)
+    serve(app, settings)
     return 0
 
 

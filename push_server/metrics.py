@@ -3,10 +3,10 @@
 Gauges whose source of truth lives in the hub or the broker (connections, subscriptions, drops,
 read lag) are computed at scrape time by a custom collector instead of being updated on every
 change, so the hot fan-out path only bumps plain integers. The same goes for the per-delivery
-numbers: frames written are a plain ``int`` (:attr:`Metrics.frames_sent`, exported as
-``push_messages_sent_total``), and ``push_send_latency_seconds`` is observed once per writer batch,
-not once per frame (see :meth:`push_server.connection.Connection._write_loop`): prometheus-client's
-locked updates were ~17% of the per-delivery cost.
+numbers: frames written are a plain ``int`` (:attr:`push_server.writer.SendStats.frames`, exported
+as ``push_messages_sent_total``), and ``push_send_latency_seconds`` is observed once per
+publication fan-out and once per backlog flush, not once per frame: prometheus-client's locked
+updates were ~17% of the per-delivery cost.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from push_server.writer import SendStats
 
 if TYPE_CHECKING:
     from push_server.broker import BrokerStats
@@ -66,12 +68,14 @@ class Metrics:
     def __init__(self, hub: Hub, broker_stats: Callable[[], BrokerStats],
                  open_connections: Callable[[], int]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.frames_sent = 0  # bumped by the connections' writers, exported at scrape time
         self.send_latency = Histogram("push_send_latency_seconds",
-                                      "Time from queueing a frame to writing it to the socket "
-                                      "(one observation per writer batch: its oldest frame until "
-                                      "the whole batch is written, a bound for every frame in it).",
+                                      "Time from a frame reaching this process's fan-out to its "
+                                      "write to the socket: one observation per publication (until "
+                                      "its last subscriber's write) and per backlog flush (its "
+                                      "oldest frame's wait), a bound for every frame in it.",
                                       buckets=LATENCY_BUCKETS, registry=self.registry)
+        # bumped by the connections' outboxes, exported at scrape time
+        self.send_stats = SendStats(observe_latency=self.send_latency.observe)
         self.disconnects = Counter("push_disconnects", "Closed connections by close code "
                                    "('client' when the client closed first).", ["code"],
                                    registry=self.registry)
@@ -81,7 +85,7 @@ class Metrics:
         self.history_requests = Counter("push_history_requests", "REST history requests by endpoint "
                                         "and HTTP status.", ["endpoint", "status"], registry=self.registry)
         self.registry.register(_StateCollector(hub, broker_stats, open_connections,
-                                               lambda: self.frames_sent))
+                                               lambda: self.send_stats.frames))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -21,7 +21,7 @@ from push_server.metrics import Metrics
 from push_server.pg import AsyncPgPool
 from push_server.pg_history import KIND_OF_CHANNEL, PostgresHistory
 from streaming_analytics.settings import ConfigError, Settings
-from streaming_analytics.streams import CHANNEL_ALERTS, CHANNELS
+from streaming_analytics.streams import CHANNEL_ALERTS, CHANNELS, StreamEntry
 
 if TYPE_CHECKING:
     from push_server.connection import Connection
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HISTORY_BACKENDS = ("postgres", "none")
+SWEEP_INTERVAL_S = 0.5  # resolution of auth timeouts, token expiry and keepalive pings
 
 
 def make_history(settings: Settings) -> tuple[AsyncPgPool | None, PostgresHistory | None]:
@@ -64,23 +65,53 @@ class Node:
             auth_timeout_s=float(settings.push_auth_timeout_s),
             expiry_grace_s=float(settings.jwt_leeway_s),
         )
+        # Our own size check gives oversize messages the documented 4503; the wire cap above it
+        # only bounds memory for absurd frames (those get the WebSocket 1009).
+        self.ws_max_size = max(4 * settings.push_max_message_bytes, 1 << 20)
+        self.ping_interval_s = float(settings.push_ping_interval_s)
         self.connections: set[Connection] = set()
         self.draining = False
         self.metrics = Metrics(self.hub, lambda: self.broker.stats, lambda: len(self.connections))
+        self.send_stats = self.metrics.send_stats
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        await self.broker.start(self.hub.publish)
+        await self.broker.start(self.publish)
+        self._sweeper = asyncio.create_task(self._sweep(), name="push-sweeper")
 
     async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         await self.broker.close()
         if self.pg_pool is not None:
             self.pg_pool.close()
 
-    def admission(self) -> Disconnect | None:
-        """Why a new connection must be refused right away, if it must."""
+    def publish(self, channel: str, offset: str, entry: StreamEntry) -> int:
+        """The broker's callback: fan one entry out, timing it for the send-latency metric."""
+        started = time.monotonic()
+        delivered = self.hub.publish(channel, offset, entry)
+        if delivered:
+            self.metrics.send_latency.observe(time.monotonic() - started)
+        return delivered
+
+    async def _sweep(self) -> None:
+        """Drive every connection's timers from one task (see Connection.tick)."""
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            now, wall = time.monotonic(), time.time()
+            for connection in list(self.connections):
+                try:
+                    connection.tick(now, wall)
+                except Exception:  # one broken connection must not stop the others' timers
+                    log.exception("tick failed for client %s", connection.id)
+                    connection.abort()
+
+    def admission(self, connection: Connection) -> Disconnect | None:
+        """Why ``connection`` (just past its handshake) must be refused right away, if it must."""
         if self.draining:
             return disconnect.SHUTDOWN
-        if len(self.connections) >= self.settings.push_max_connections:
+        others = len(self.connections) - (connection in self.connections)
+        if others >= self.settings.push_max_connections:
             return disconnect.TOO_MANY_CONNECTIONS
         return None
 
@@ -95,4 +126,6 @@ class Node:
         while self.connections and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         if self.connections:
-            log.warning("drain timeout: %d connections still open", len(self.connections))
+            log.warning("drain timeout: %d connections still open; cutting them", len(self.connections))
+            for connection in list(self.connections):
+                connection.abort()

@@ -79,8 +79,9 @@ class PushServerProcess:
                 if self.get("/healthz")[0] == 200:
                     return self
             time.sleep(0.1)
+        output = self.log()  # read before stop() removes the file
         self.stop()
-        raise RuntimeError(f"push server did not become healthy:\n{self.log()}")
+        raise RuntimeError(f"push server did not become healthy:\n{output}")
 
     def get(self, path: str) -> tuple[int, str]:
         """Status and body of a GET on the server's HTTP side."""

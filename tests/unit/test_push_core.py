@@ -18,9 +18,11 @@ from push_server.broker import (
     make_broker,
 )
 from push_server.disconnect import Disconnect
-from push_server.writer import Outbox, OutboxClosedError
+from push_server.frames import text_frame
+from push_server.writer import Outbox, OutboxClosedError, SendStats
 from streaming_analytics.settings import ConfigError, Settings
 from streaming_analytics.streams import CHANNEL_ALERTS, StreamEntry
+from tests.unit.push_fakes import Written
 
 pytestmark = pytest.mark.unit
 
@@ -44,48 +46,100 @@ def test_inconsistent_close_codes_cannot_be_declared(code: int, reconnect: bool)
 
 # --- outbox ------------------------------------------------------------------------------------
 
-def test_outbox_bounds_and_force() -> None:
-    box = Outbox(2)
+def test_outbox_writes_straight_through_while_the_socket_keeps_up() -> None:
+    socket = Written()
+    box = Outbox(2, socket)
+    assert box.offer("a") and box.offer("b") and box.offer("c")  # never queued: no bound applies
+    assert len(box) == 0 and socket.texts() == ["a", "b", "c"]
+    wire = text_frame("pre-built")
+    assert box.offer("ignored when wire bytes come along", wire=wire)
+    assert socket == [wire] and socket[0] is wire  # the very bytes, not a copy
+
+
+def test_outbox_bounds_the_backlog_of_a_backed_up_socket_and_flushes_it_in_order() -> None:
+    socket = Written()
+    box = Outbox(2, socket)
+    box.pause()
     assert box.offer("a") and box.offer("b")
-    assert not box.offer("c")
-    assert box.offer("reply", force=True)
-    assert len(box) == 3
-
-    async def take_all() -> list[str]:
-        return [(await box.get())[0] for _ in range(3)]
-
-    assert asyncio.run(take_all()) == ["a", "b", "reply"]
+    assert not box.offer("c")  # full: the hub disconnects this client
+    assert box.offer("reply", force=True)  # replies never cause a disconnect
+    assert len(box) == 3 and socket == []
+    box.resume()
+    assert socket.texts() == ["a", "b", "reply"] and len(box) == 0
+    assert box.offer("d") and socket.texts() == ["d"]  # straight through again
 
 
-def test_outbox_close_hands_out_the_rest_then_stops() -> None:
-    async def scenario() -> list[str]:
-        box = Outbox(4)
-        box.offer("a")
-        box.close()
-        assert not box.offer("late")
-        got = [(await box.get())[0]]
-        with pytest.raises(OutboxClosedError):
-            await box.get()
-        return got
+def test_outbox_keeps_order_when_the_socket_backs_up_again_mid_flush() -> None:
+    socket = Written()
 
-    assert asyncio.run(scenario()) == ["a"]
+    def write(data: bytes) -> None:
+        socket(data)
+        if len(socket) == 2:
+            box.pause()  # the transport's buffer filled up again
+
+    box = Outbox(10, write)
+    box.pause()
+    for name in "abcd":
+        box.offer(name)
+    box.resume()
+    assert len(box) == 2 and box.offer("e")
+    box.resume()
+    assert socket.texts() == ["a", "b", "c", "d", "e"]
+
+
+def test_outbox_close_flushes_the_backlog_unless_discarded() -> None:
+    socket = Written()
+    box = Outbox(4, socket)
+    box.pause()
+    box.offer("a")
+    box.close()
+    assert not box.offer("late") and box.flush_pending()
+    box.resume()
+    assert socket.texts() == ["a"] and not box.flush_pending()
+    dropped = Outbox(4, socket)
+    dropped.pause()
+    dropped.offer("b")
+    dropped.close(discard=True)
+    dropped.resume()
+    assert socket.texts() == []
+
+
+def test_outbox_counts_frames_and_observes_flush_latency() -> None:
+    seen: list[float] = []
+    stats = SendStats(observe_latency=seen.append)
+    box = Outbox(4, Written(), stats)
+    box.offer("a")
+    box.pause()
+    box.offer("b")
+    box.offer("c")
+    assert stats.frames == 1 and seen == []
+    box.resume()
+    assert stats.frames == 3 and len(seen) == 1 and seen[0] >= 0
 
 
 def test_outbox_put_waits_for_room_and_times_out_on_a_stalled_reader() -> None:
     async def scenario() -> None:
-        box = Outbox(2)
+        socket = Written()
+        box = Outbox(2, socket)
+        box.pause()
         box.offer("a")
         box.offer("b")
         waiter = asyncio.create_task(box.put("c", timeout=1.0))
         await asyncio.sleep(0.01)
         assert not waiter.done()
-        await box.get()
+        box.resume()
         await waiter
-        assert len(box) == 2
+        assert socket.texts() == ["a", "b", "c"]
+        box.pause()
+        box.offer("d")
+        box.offer("e")
         with pytest.raises(TimeoutError):
-            await box.put("d", timeout=0.05)
+            await box.put("f", timeout=0.05)
         with pytest.raises(TimeoutError):
-            await box.put("e", timeout=0.05, limit=1)
+            await box.put("g", timeout=0.05, limit=1)
+        box.close()
+        with pytest.raises(OutboxClosedError):
+            await box.put("h", timeout=1.0)
 
     asyncio.run(scenario())
 

@@ -14,6 +14,7 @@ from push_server.hub import AdmissionRefusedError, Hub, HubClient
 from push_server.protocol import KeyFilter
 from push_server.writer import Outbox
 from streaming_analytics.streams import CHANNEL_ALERTS, CHANNEL_FIXED, StreamEntry
+from tests.unit.push_fakes import Written
 
 pytestmark = pytest.mark.unit
 
@@ -32,16 +33,24 @@ class Kicks:
         self.reasons.append(reason)
 
 
-def add(hub: Hub, name: str, *, queue: int = 100, user: str | None = None) -> tuple[HubClient, Kicks]:
+SOCKETS: dict[int, Written] = {}  # what each test client's outbox wrote, by id(outbox)
+
+
+def add(hub: Hub, name: str, *, queue: int = 100, user: str | None = None,
+        blocked: bool = False) -> tuple[HubClient, Kicks]:
+    """A client whose socket keeps up, or (``blocked``) one whose socket stopped taking data."""
     kicks = Kicks()
-    return hub.register(name, user or name, Outbox(queue), kicks), kicks
+    written = Written()
+    outbox = Outbox(queue, written)
+    if blocked:
+        outbox.pause()
+    SOCKETS[id(outbox)] = written
+    return hub.register(name, user or name, outbox, kicks), kicks
 
 
 def drain(client: HubClient) -> list[str]:
-    frames = []
-    while len(client.outbox):
-        frames.append(asyncio.run(client.outbox.get())[0])
-    return frames
+    """The text frames written to ``client``'s socket since the last call."""
+    return SOCKETS[id(client.outbox)].texts()
 
 
 def offsets(frames: list[str]) -> list[str]:
@@ -55,8 +64,9 @@ def test_one_serialisation_shared_by_all_subscribers() -> None:
     hub.subscribe(a, CHANNEL_FIXED, None)
     hub.subscribe(b, CHANNEL_FIXED, None)
     assert hub.publish(CHANNEL_FIXED, "1-0", entry("fixed|country|DE|0|1")) == 2
-    [frame_a], [frame_b] = drain(a), drain(b)
-    assert frame_a is frame_b  # the very same str object: serialised once
+    [wire_a], [wire_b] = SOCKETS[id(a.outbox)], SOCKETS[id(b.outbox)]
+    assert wire_a is wire_b  # the very same bytes object: serialised and framed once
+    [frame_a] = drain(a)
     assert orjson.loads(frame_a)["key"] == "fixed|country|DE|0|1"
     assert hub.publish(CHANNEL_ALERTS, "2-0", entry("alert|e")) == 0
 
@@ -75,7 +85,7 @@ def test_key_filters() -> None:
 
 def test_slow_client_is_kicked_and_never_slows_the_others() -> None:
     hub = Hub(max_connections_per_user=10, max_pending=100)
-    slow, slow_kicks = add(hub, "slow", queue=2)
+    slow, slow_kicks = add(hub, "slow", queue=2, blocked=True)
     fast, fast_kicks = add(hub, "fast", queue=100)
     hub.subscribe(slow, CHANNEL_FIXED, None)
     hub.subscribe(fast, CHANNEL_FIXED, None)
@@ -94,7 +104,9 @@ def test_a_failing_client_does_not_abort_the_fan_out() -> None:
     def explode(_reason: Disconnect) -> None:
         raise RuntimeError("connection already gone")
 
-    broken = hub.register("broken", "u", Outbox(1), explode)
+    blocked = Outbox(1, Written())
+    blocked.pause()
+    broken = hub.register("broken", "u", blocked, explode)
     ok, _ = add(hub, "ok")
     hub.subscribe(broken, CHANNEL_FIXED, None)
     hub.subscribe(ok, CHANNEL_FIXED, None)
@@ -177,7 +189,7 @@ def test_replay_then_live_has_no_gap_and_no_duplicate() -> None:
         assert live_from == until
         hub.finish_recovery(client, CHANNEL_FIXED, protocol.parse_offset(live_from))
         written.append(broker.publish(CHANNEL_FIXED, entry("k|after")))
-        got = [orjson.loads((await client.outbox.get())[0])["offset"] for _ in range(len(client.outbox))]
+        got = offsets(drain(client))
         assert got == written[2:]
         return got
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import orjson
 import pytest
 
@@ -12,6 +10,7 @@ from push_server.hub import Hub
 from push_server.seam import SeamFilter
 from push_server.writer import Outbox
 from streaming_analytics.streams import CHANNEL_FIXED, StreamEntry
+from tests.unit.push_fakes import Written
 
 pytestmark = pytest.mark.unit
 
@@ -44,7 +43,8 @@ def _entry(key: str, pane: int) -> StreamEntry:
 
 def test_hub_applies_the_seam_to_held_back_and_live_entries() -> None:
     hub = Hub(max_connections_per_user=5, max_pending=100)
-    box = Outbox(100)
+    socket = Written()
+    box = Outbox(100, socket)
     client = hub.register("c1", "alice", box, lambda _reason: None)
     hub.subscribe(client, CHANNEL_FIXED, None, recovering=True)
     hub.publish(CHANNEL_FIXED, "2000-0", _entry("a", 1))  # held back during the replay; repeats Postgres
@@ -57,12 +57,6 @@ def test_hub_applies_the_seam_to_held_back_and_live_entries() -> None:
     hub.publish(CHANNEL_FIXED, "3000-1", _entry("c", 5))
     hub.publish(CHANNEL_FIXED, "6000-0", _entry("a", 1))  # past the watch: the stream rules again
 
-    async def drain() -> list[tuple[str, int]]:
-        out = []
-        while len(box):
-            doc = orjson.loads((await box.get())[0])
-            out.append((doc["key"], doc["pane"]))
-        return out
-
-    assert asyncio.run(drain()) == [("b", 0), ("c", 5), ("a", 1)]
+    docs = [orjson.loads(text) for text in socket.texts()]
+    assert [(doc["key"], doc["pane"]) for doc in docs] == [("b", 0), ("c", 5), ("a", 1)]
     assert client.subscriptions[CHANNEL_FIXED].seam is None

@@ -141,26 +141,27 @@ def test_invalid_utf8_fails_with_1007_and_binary_gets_4502(env: Env) -> None:
     assert Peer.close_code(other.frames()) == disconnect.BINARY_FRAME.code
 
 
-def test_a_backed_up_client_queues_then_flushes_in_order(env: Env) -> None:
-    _, transport, peer = env.connected()
+def backed_up(env: Env) -> tuple[Connection, FakeTransport, Peer]:
+    """A subscribed client whose peer stopped reading; its transport is full after one frame."""
+    connection, transport, peer = env.connected()
     subscribe(peer)
     peer.texts()
     transport.block()
-    transport.high = 100  # the transport buffer is full after one frame
+    transport.high = 100
+    return connection, transport, peer
+
+
+def test_a_backed_up_client_queues_then_flushes_in_order(env: Env) -> None:
+    connection, transport, peer = backed_up(env)
     offsets = [env.broker.publish(CHANNEL_FIXED, entry(n)) for n in range(5)]  # 1 buffered + 4 queued
-    connection = transport.protocol
-    assert isinstance(connection, Connection) and len(connection.outbox) == 4
+    assert len(connection.outbox) == 4
     transport.drain()
     assert [json.loads(t)["offset"] for t in peer.texts()] == offsets
     assert env.node.hub.client_count == 1
 
 
 def test_a_slow_client_is_closed_with_4001_right_behind_what_the_socket_holds(env: Env) -> None:
-    connection, transport, peer = env.connected()
-    subscribe(peer)
-    peer.texts()
-    transport.block()
-    transport.high = 100
+    connection, transport, peer = backed_up(env)
     for n in range(6):  # 1 in the transport, 4 queued, the 6th does not fit
         env.broker.publish(CHANNEL_FIXED, entry(n))
     assert env.node.hub.client_count == 0 and len(connection.outbox) == 0  # backlog dropped
@@ -171,11 +172,7 @@ def test_a_slow_client_is_closed_with_4001_right_behind_what_the_socket_holds(en
 
 
 def test_graceful_close_sends_the_backlog_first(env: Env) -> None:
-    connection, transport, peer = env.connected()
-    subscribe(peer)
-    peer.texts()
-    transport.block()
-    transport.high = 100
+    connection, transport, peer = backed_up(env)
     offsets = [env.broker.publish(CHANNEL_FIXED, entry(n)) for n in range(3)]
     connection.kick(disconnect.SHUTDOWN)
     assert Peer.close_code(peer.frames()) is None  # nothing yet: the socket is backed up

@@ -34,6 +34,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -41,6 +42,7 @@ import psycopg2
 import redis
 from kafka import KafkaProducer
 
+from models.anomaly import ensure_model, latest_model, model_input
 from pipelines.analytics_pipeline import run
 from pipelines.runners import runner_args
 from streaming_analytics import sandbox
@@ -51,21 +53,29 @@ from streaming_analytics.streams import CHANNEL_FIXED, StreamEntry, stream_key
 
 T0 = 1_767_225_600_000
 PARTITIONS = 4
+SCORE_BATCH = 512  # as the job's RunInference batches (transforms/scoring.py)
 
 
 @contextlib.contextmanager
 def private_job(name: str) -> Iterator[Settings]:
     """A throwaway namespace for one benchmark run, topics included (see streaming_analytics.sandbox)."""
-    with sandbox.private_job(Settings.from_env(), name, PARTITIONS, delete_topics=True) as s:
+    settings = Settings.from_env()
+    ensure_model(settings.model_dir)  # the job scores with the newest model (trains v1 if none)
+    with sandbox.private_job(settings, name, PARTITIONS, delete_topics=True) as s:
         yield s
 
 
 # --- throughput -------------------------------------------------------------------------------------
-def plain_python_baseline(values: list[bytes]) -> float:
-    """The job's work as one Python loop (no Beam); returns events/s."""
+def plain_python_baseline(values: list[bytes], model_file: Path) -> float:
+    """The job's work as one Python loop (no Beam), model scoring in batches included; events/s."""
+    import keras
+    import numpy as np
+
     from transforms.sketches import HyperLogLog, QuantileSketch
 
+    model = keras.models.load_model(model_file)
     t0 = time.perf_counter()
+    rows: list[Any] = []
     seen: set[str] = set()
     windows: dict[tuple[str, str, str, int], list[Any]] = defaultdict(
         lambda: [0, 0.0, float("inf"), float("-inf"), QuantileSketch(), HyperLogLog()])
@@ -77,6 +87,10 @@ def plain_python_baseline(values: list[bytes]) -> float:
         if e.event_id in seen:
             continue
         seen.add(e.event_id)
+        rows.append(model_input(e.features))
+        if len(rows) == SCORE_BATCH:
+            model(np.stack(rows))
+            rows.clear()
         t = e.event_time_ms
         last = t - t % 60_000
         starts = [("fixed", last)] + [("sliding", s) for s in range(last, t - 300_000, -60_000)]
@@ -89,6 +103,8 @@ def plain_python_baseline(values: list[bytes]) -> float:
                 w[3] = max(w[3], e.amount)
                 w[4].add(e.amount)
                 w[5].add(e.user_id)
+    if rows:
+        model(np.stack(rows))
     return len(values) / (time.perf_counter() - t0)
 
 
@@ -113,7 +129,9 @@ def throughput(events: int, runners: list[str]) -> dict[str, Any]:
     with private_job(name) as s:
         values = produce_events(s, events)
         results["events"] = len(values)
-        results["baseline_python_events_per_s"] = plain_python_baseline(values)
+        model_file = latest_model(s.model_dir)
+        assert model_file is not None
+        results["baseline_python_events_per_s"] = plain_python_baseline(values, model_file)
         for runner in runners:
             schema = f"{name}_{runner}"
             with psycopg2.connect(s.postgres_dsn) as conn, conn.cursor() as cur:
@@ -141,7 +159,7 @@ def latency(seconds: float, rate: float, early_delay_s: float) -> dict[str, Any]
             [sys.executable, "-m", "pipelines.analytics_pipeline", *runner_args("prism", s),
              f"--postgres_schema={name}", "--kafka_start=latest", f"--early_firing_delay_s={early_delay_s}",
              "--kafka_max_read_time_s=0.2"],
-            env={**_env_for(s)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**sandbox.job_environ(s)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             # Its own process group: Beam starts Prism as a child of the job, and a SIGTERM to the
             # job alone skips Beam's clean-up and leaves that Prism running (and burning CPU in
             # the next measurement); stopping the group stops both.
@@ -170,11 +188,6 @@ def _stop_group(job: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(job.pid, signal.SIGKILL)
         job.wait(30)
-
-
-def _env_for(s: Settings) -> dict[str, str]:
-    return {**os.environ, "SA_KAFKA_TOPIC_EVENTS": s.topic_events, "SA_KAFKA_TOPIC_DLQ": s.topic_dlq,
-            "SA_REDIS_STREAM_PREFIX": s.redis_stream_prefix, "SA_KAFKA_CONSUMER_GROUP": s.consumer_group}
 
 
 def _wait_for_job(s: Settings, schema: str, timeout_s: float = 60) -> None:

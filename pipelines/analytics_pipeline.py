@@ -1,12 +1,14 @@
-"""The analytics graph: records → ParseEvents → DeduplicateEvents → fixed and sliding aggregates.
+"""The analytics graph: records → ParseEvents → DeduplicateEvents → fixed and sliding aggregates,
+and ScoreEvents (the anomaly model, through RunInference) → alerts.
 
 :func:`build_pipeline` is the one place that wires the steps, so that tests (fed by a TestStream),
 the DirectRunner and the Flink job all run the exact same graph; only the source in front of it and
 the sinks behind it differ (``transforms/kafka_source.py``, ``transforms/sinks*.py``).
 
 Step labels are part of the job's identity: Flink savepoints bind operator state (dedup ids, late
-gate, window panes) to them. Renaming ``ParseEvents``, ``DeduplicateEvents``, ``FixedAggregates``
-or ``SlidingAggregates`` — or a step inside them — makes a savepoint unrestorable for that state.
+gate, window panes) to them. Renaming ``ParseEvents``, ``DeduplicateEvents``, ``FixedAggregates``,
+``SlidingAggregates`` or ``ScoreEvents`` — or a step inside them — makes a savepoint unrestorable
+for that state.
 """
 
 # Beam 2.77 ships partial annotations: its transform constructors (ParDo, Map, CombinePerKey,
@@ -24,16 +26,22 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.pvalue import PCollection
 from apache_beam.runners.runner import PipelineResult
 
+from models.anomaly import latest_model
 from streaming_analytics.db.migrate import migrate
 from streaming_analytics.settings import Settings
-from streaming_analytics.streams import CHANNEL_FIXED, CHANNEL_SLIDING
+from streaming_analytics.streams import CHANNEL_ALERTS, CHANNEL_FIXED, CHANNEL_SLIDING
 from transforms import aggregates as agg
 from transforms.aggregates import WindowedAggregates, parse_dimensions
 from transforms.dedup import DEFAULT_HORIZON_S, DEFAULT_SHARDS, DeduplicateEvents
 from transforms.kafka_source import ReadFromKafka
 from transforms.parse import ParseEvents
+from transforms.scoring import DEFAULT_REFRESH_INTERVAL_S, DEFAULT_THRESHOLD, ScoreEvents
 from transforms.sinks_kafka import WriteDeadLettersToKafka
-from transforms.sinks_postgres import WriteAggregatesToPostgres, WriteDeadLettersToPostgres
+from transforms.sinks_postgres import (
+    WriteAggregatesToPostgres,
+    WriteAlertsToPostgres,
+    WriteDeadLettersToPostgres,
+)
 from transforms.sinks_redis import WriteToRedisStreams
 
 #: Stable step labels (see the module docstring).
@@ -42,6 +50,7 @@ DEDUP_LABEL = "DeduplicateEvents"
 FIXED_LABEL = "FixedAggregates"
 SLIDING_LABEL = "SlidingAggregates"
 DEAD_LETTERS_LABEL = "DeadLetters"
+SCORE_LABEL = "ScoreEvents"
 
 DEFAULT_DIMENSIONS_SPEC = "event_type+country,category"
 
@@ -82,6 +91,15 @@ class AnalyticsOptions(PipelineOptions):
                                  f"(default {DEFAULT_DIMENSIONS_SPEC!r}).")
         parser.add_argument("--bounded", action="store_true", default=False,
                             help="Batch mode for the source: stop at the end offsets seen at start.")
+        parser.add_argument("--model_uri", default=None,
+                            help="Anomaly model (.keras) to score events with; the job defaults to the "
+                                 "newest version in SA_MODEL_DIR. Without one, build_pipeline scores "
+                                 "nothing.")
+        parser.add_argument("--alert_threshold", type=float, default=DEFAULT_THRESHOLD,
+                            help="Anomaly score at or above which an event raises an alert (default 0.5).")
+        parser.add_argument("--model_refresh_interval_s", type=float, default=DEFAULT_REFRESH_INTERVAL_S,
+                            help="How often each worker looks for a newer model version in the "
+                                 "model's directory (default 30); 0 disables hot refresh.")
 
 
 @dataclass(frozen=True)
@@ -91,6 +109,7 @@ class AnalyticsOutputs:
     fixed: PCollection[Any]  # Aggregate, kind "fixed"
     sliding: PCollection[Any]  # Aggregate, kind "sliding"
     dead_letters: PCollection[Any]  # DeadLetter: parse failures and too-late events
+    alerts: PCollection[Any] | None  # alert dicts; None when no model is configured
 
 
 def aggregate_transforms(options: AnalyticsOptions) -> tuple[WindowedAggregates, WindowedAggregates]:
@@ -141,9 +160,19 @@ def build_pipeline(
         fixed[agg.TOO_LATE],
         sliding[agg.TOO_LATE],
     ) | DEAD_LETTERS_LABEL >> beam.Flatten()
+    alerts = None if opts.model_uri is None else events | SCORE_LABEL >> scoring_transform(opts)
     return AnalyticsOutputs(
-        fixed=fixed[agg.AGGREGATES], sliding=sliding[agg.AGGREGATES], dead_letters=dead_letters
+        fixed=fixed[agg.AGGREGATES], sliding=sliding[agg.AGGREGATES], dead_letters=dead_letters,
+        alerts=alerts,
     )
+
+
+def scoring_transform(options: AnalyticsOptions) -> ScoreEvents:
+    """The scoring step for ``options.model_uri``, refreshing from its directory."""
+    assert options.model_uri is not None
+    interval = options.model_refresh_interval_s
+    return ScoreEvents(options.model_uri, threshold=options.alert_threshold,
+                       refresh_interval_s=interval if interval > 0 else None)
 
 
 # --- the job: Kafka in, Postgres / Redis / DLQ topic out ----------------------------------------------
@@ -181,6 +210,13 @@ def build_job(p: beam.Pipeline, settings: Settings) -> AnalyticsOutputs:
     options = p.options
     opts = options.view_as(AnalyticsOptions)
     io = options.view_as(IOOptions)
+    if opts.model_uri is None:
+        newest = latest_model(settings.model_dir)
+        if newest is None:
+            raise FileNotFoundError(
+                f"no anomaly model in SA_MODEL_DIR={settings.model_dir}: train one with "
+                "`python -m models.train` (make run does it) or pass --model_uri")
+        opts.model_uri = str(newest)
     idle = io.kafka_idle_timeout_s if io.kafka_idle_timeout_s > 0 else None
     records = p | READ_LABEL >> ReadFromKafka(
         bootstrap=settings.kafka_bootstrap, topic=settings.topic_events, group_id=settings.consumer_group,
@@ -199,6 +235,9 @@ def build_job(p: beam.Pipeline, settings: Settings) -> AnalyticsOutputs:
     _ = out.sliding | "WriteSlidingToPostgres" >> WriteAggregatesToPostgres(dsn, schema=schema)
     _ = out.fixed | "WriteFixedToRedis" >> to_redis(CHANNEL_FIXED)
     _ = out.sliding | "WriteSlidingToRedis" >> to_redis(CHANNEL_SLIDING)
+    if out.alerts is not None:
+        _ = out.alerts | "WriteAlertsToPostgres" >> WriteAlertsToPostgres(dsn, schema=schema)
+        _ = out.alerts | "WriteAlertsToRedis" >> to_redis(CHANNEL_ALERTS)
     _ = out.dead_letters | "WriteDeadLettersToPostgres" >> WriteDeadLettersToPostgres(dsn, schema=schema)
     _ = out.dead_letters | "WriteDeadLettersToKafka" >> WriteDeadLettersToKafka(
         settings.kafka_bootstrap, settings.topic_dlq)

@@ -8,6 +8,7 @@ consumer group, so tests and benchmarks can run the real job beside `make run` a
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -19,6 +20,14 @@ from streaming_analytics.db.migrate import check_schema_name
 from streaming_analytics.kafka_topics import ensure_topics
 from streaming_analytics.settings import Settings
 from streaming_analytics.streams import CHANNELS, stream_key
+
+
+def job_environ(s: Settings) -> dict[str, str]:
+    """The environment of a job process that must run in ``s``'s private namespace (the variables
+    :func:`private_job` changed, plus the model directory): the current one with those set."""
+    return {**os.environ, "SA_KAFKA_TOPIC_EVENTS": s.topic_events, "SA_KAFKA_TOPIC_DLQ": s.topic_dlq,
+            "SA_REDIS_STREAM_PREFIX": s.redis_stream_prefix, "SA_KAFKA_CONSUMER_GROUP": s.consumer_group,
+            "SA_MODEL_DIR": str(s.model_dir)}
 
 
 @contextmanager

@@ -105,6 +105,9 @@ VARIABLES: dict[str, Variable] = {
            "Margin (ms) of the Postgres recovery window for clock skew and lag between the sinks."),
         _v("SA_PUSH_HISTORY_POOL_SIZE", "4", "Most PostgreSQL connections one push process opens."),
         # --- logging -------------------------------------------------------------------------
+        _v("SA_MODEL_DIR", str(PROJECT_ROOT / "var" / "models" / "anomaly"),
+           "Directory of the anomaly model's versions (`anomaly-v<N>.keras`); the job scores with "
+           "the newest and switches to newer ones while it runs."),
         _v("SA_LOG_LEVEL", "INFO", "Log level of our Python processes."),
     )
 }
@@ -177,6 +180,7 @@ class Settings:
     push_history_schema: str
     push_history_overlap_ms: int
     push_history_pool_size: int
+    model_dir: Path
     log_level: str
 
     @classmethod
@@ -223,6 +227,7 @@ class Settings:
             push_history_schema=v["SA_PUSH_HISTORY_SCHEMA"],
             push_history_overlap_ms=_positive_int(v, "SA_PUSH_HISTORY_OVERLAP_MS"),
             push_history_pool_size=_positive_int(v, "SA_PUSH_HISTORY_POOL_SIZE"),
+            model_dir=Path(v["SA_MODEL_DIR"]),
             log_level=v["SA_LOG_LEVEL"].upper(),
         )
 

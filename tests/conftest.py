@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from pathlib import Path
 
@@ -24,9 +25,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def settings() -> Settings:
-    """The effective configuration (the test stack's endpoints under `make test`)."""
-    return Settings.from_env()
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory holding anomaly model v1, trained once per session (~7 s)."""
+    from models.anomaly import ensure_model
+
+    directory = tmp_path_factory.mktemp("models")
+    ensure_model(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def settings(model_dir: Path) -> Settings:
+    """The effective configuration (the test stack's endpoints under `make test`), with a model
+    directory of the session's own, so jobs under test never depend on var/models."""
+    return dataclasses.replace(Settings.from_env(), model_dir=model_dir)
 
 
 @pytest.fixture

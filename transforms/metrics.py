@@ -35,3 +35,8 @@ KAFKA_RECORDS_READ: Final = "kafka_records_read"
 KAFKA_RECORDS_WITHOUT_EVENT_TIME: Final = "kafka_records_without_event_time"
 #: Offset commits to the consumer group after finalized checkpoints.
 KAFKA_OFFSET_COMMITS: Final = "kafka_offset_commits"
+
+#: Events the anomaly model scored.
+EVENTS_SCORED: Final = "events_scored"
+#: Alerts emitted (scores at or above the alert threshold).
+ALERTS: Final = "alerts"

@@ -15,6 +15,7 @@ import os
 import pwd
 import shutil
 import signal
+import subprocess
 import sys
 import urllib.request
 import uuid
@@ -504,6 +505,10 @@ class Pipeline(Component):
             runner = runner_args(ctx.setting("SA_PIPELINE_RUNNER"), settings)
         except RunnerUnavailable as exc:
             raise ComponentError(f"pipeline: {exc}") from None
+        # The job scores events with the newest model in SA_MODEL_DIR; a fresh checkout has none yet.
+        subprocess.run([sys.executable, "-m", "models.train", "--if-missing",
+                        "--model-dir", str(settings.model_dir)],
+                       env={**os.environ, **_child_env(ctx)}, check=True, capture_output=True)
         argv = [sys.executable, "-m", "pipelines.analytics_pipeline", *runner,
                 *shlex.split(ctx.setting("SA_PIPELINE_ARGS"))]
         return [ProcessSpec("pipeline", argv, env=_child_env(ctx), stop_timeout_s=30)]

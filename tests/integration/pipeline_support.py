@@ -20,8 +20,15 @@ import redis
 from kafka import KafkaConsumer, TopicPartition
 
 from streaming_analytics.events import Event, InvalidEvent, parse_event
+from streaming_analytics.generator import KIND_HEADER
 from streaming_analytics.settings import Settings
-from streaming_analytics.streams import CHANNEL_FIXED, CHANNEL_SLIDING, StreamEntry, stream_key
+from streaming_analytics.streams import (
+    CHANNEL_ALERTS,
+    CHANNEL_FIXED,
+    CHANNEL_SLIDING,
+    StreamEntry,
+    stream_key,
+)
 
 DIMENSIONS = {"event_type_country": ("event_type", "country"), "category": ("category",)}
 WindowKey = tuple[str, str, str, int, int]
@@ -103,7 +110,10 @@ def _exact_quantile(values: list[float], q: float) -> float:
 def assert_results_exact(s: Settings, schema: str, partitions: int, windows: Windows) -> int:
     """Postgres and Redis hold exactly the independently computed aggregates; every malformed
     record is dead-lettered once. Returns the number of windows checked."""
-    expected, malformed = expected_aggregates(consume_all(s, partitions), windows)
+    records = consume_all(s, partitions)
+    expected, malformed = expected_aggregates(records, windows)
+    anomalous = {parse_event(r.value).event_id for r in records
+                 if dict(r.headers).get(KIND_HEADER) == b"anomalous"}
     with psycopg2.connect(s.postgres_dsn) as conn, conn.cursor() as cur:
         cur.execute(
             f"SELECT kind, dimension, dimension_key, (extract(epoch FROM window_start) * 1000)::bigint,"
@@ -112,6 +122,8 @@ def assert_results_exact(s: Settings, schema: str, partitions: int, windows: Win
         rows = {tuple(r[:5]): r[5:] for r in cur.fetchall()}
         cur.execute(f"SELECT source_partition, source_offset, reason_code FROM {schema}.dead_letters")
         dead = cur.fetchall()
+        cur.execute(f"SELECT event_id, model_version FROM {schema}.alerts")
+        alerts = cur.fetchall()
 
     assert set(rows) == set(expected), "windows differ from the independent computation"
     for key, stats in expected.items():
@@ -131,9 +143,15 @@ def assert_results_exact(s: Settings, schema: str, partitions: int, windows: Win
     positions = [(p, o) for p, o, _ in dead]
     assert sorted(positions) == sorted(malformed), "dead letters differ from the malformed records"
     assert all(code != "too_late" for *_, code in dead)
+    # The model separates the generator's anomalies cleanly: one alert per anomalous event, no other.
+    assert sorted(e for e, _ in alerts) == sorted(anomalous), "alerts differ from the anomalous events"
+    assert {v for _, v in alerts} == {"v1"}
 
     client = redis.Redis.from_url(s.redis_url)
     try:
+        alert_keys = {StreamEntry.from_fields(f).key
+                      for _id, f in client.xrange(stream_key(s.redis_stream_prefix, CHANNEL_ALERTS))}
+        assert alert_keys == {f"alert|{e}" for e in anomalous}
         for channel, kind in ((CHANNEL_FIXED, "fixed"), (CHANNEL_SLIDING, "sliding")):
             latest: dict[str, StreamEntry] = {}
             for _id, fields in client.xrange(stream_key(s.redis_stream_prefix, channel)):

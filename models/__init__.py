@@ -1,0 +1,1 @@
+"""The anomaly model the pipeline scores events with (see models/README.md)."""

@@ -524,9 +524,10 @@ class Pipeline(Component):
             return bool(row and row[0])
 
     def urls(self, ctx: StackContext) -> dict[str, str]:
-        streams = f"{ctx.setting('SA_REDIS_STREAM_PREFIX')}aggregates.*"
-        return {"Pipeline": f"runner {ctx.setting('SA_PIPELINE_RUNNER')}; aggregates in PostgreSQL table "
-                            f"`aggregates`, streams `{streams}` in Redis"}
+        prefix = ctx.setting("SA_REDIS_STREAM_PREFIX")
+        return {"Pipeline": f"runner {ctx.setting('SA_PIPELINE_RUNNER')}; PostgreSQL tables `aggregates`, "
+                            f"`alerts`, `dead_letters`; Redis streams `{prefix}aggregates.*`, "
+                            f"`{prefix}alerts`; model versions in {ctx.setting('SA_MODEL_DIR')}"}
 
 
 class PushServer(Component):

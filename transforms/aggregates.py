@@ -68,7 +68,7 @@ from apache_beam.utils.windowed_value import PaneInfoTiming, WindowedValue
 from streaming_analytics.events import Event
 from streaming_analytics.streams import window_key
 from transforms import metrics
-from transforms.batching import batch_by_shard
+from transforms.batching import EventBatch, batch_by_shard
 from transforms.records import DeadLetter
 from transforms.sketches import HyperLogLog, QuantileSketch
 
@@ -383,7 +383,7 @@ class _LateGateFn(beam.DoFn):
         stored = max_event_ms.read()
         seen = stored
         period, size, lateness, ooo = self._period_ms, self._size_ms, self._lateness_ms, self._ooo_ms
-        admitted: list[Event] = []
+        admitted = EventBatch()
         refused: list[DeadLetter] = []
         for event in events:
             t = event.event_time_ms
@@ -655,7 +655,11 @@ class WindowedAggregates(beam.PTransform[Any, Any]):
                     max_out_of_orderness_ms=round(self.max_out_of_orderness_s * 1000),
                     clock=self.clock,
                 )
-            ).with_outputs(TOO_LATE, main="events")
+            )
+            # An EventBatch, so that where the batch crosses a stage boundary it is one orjson
+            # document (EventBatchCoder) instead of a list pickled event by event.
+            .with_output_types(EventBatch)
+            .with_outputs(TOO_LATE, main="events")
         )
         window_into = beam.WindowInto(
             self._window_fn(),

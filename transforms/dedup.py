@@ -56,8 +56,10 @@ from apache_beam.transforms.userstate import (
     TimerSpec,
     on_timer,
 )
-from apache_beam.transforms.window import TimestampedValue
+from apache_beam.transforms.window import GlobalWindow, GlobalWindows, TimestampedValue
+from apache_beam.utils import windowed_value
 from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
 
 from streaming_analytics.events import Event
 from transforms import metrics
@@ -81,6 +83,7 @@ _EXPIRY_PARAM = beam.DoFn.TimerParam(_EXPIRY)
 
 #: ``meta`` of a shard that has seen nothing yet: no token, nothing forgotten, no timer.
 _EMPTY_META = (0, None, None)
+_GLOBAL_WINDOWS = (GlobalWindow(),)
 
 
 def _new_token() -> int:
@@ -99,10 +102,16 @@ class _ShardMirror:
 
 class _DedupShardFn(beam.DoFn):
     """Keyed by id shard, one batch of events per element: pass the first delivery of each id,
-    drop and count the rest until the id expires (see the module docstring)."""
+    drop and count the rest until the id expires (see the module docstring).
 
-    def __init__(self, horizon_s: float) -> None:
+    ``global_windows``: the input is in the global window (as always in this pipeline; see
+    :meth:`DeduplicateEvents.expand`), so each passed event leaves with its window and timestamp
+    attached, without a ``Timestamp`` object or a window assignment per event.
+    """
+
+    def __init__(self, horizon_s: float, global_windows: bool = True) -> None:
         super().__init__()
+        self._global_windows = global_windows
         self._horizon_ms = round(horizon_s * 1000)
         self._granularity_ms = max(1, self._horizon_ms // _COMPACTIONS_PER_HORIZON)
         self._duplicates = Metrics.counter(metrics.NAMESPACE, metrics.DUPLICATE_EVENTS)
@@ -130,7 +139,7 @@ class _DedupShardFn(beam.DoFn):
         meta: Any = _META_PARAM,
         ids_state: Any = _IDS_PARAM,
         expiry: Any = _EXPIRY_PARAM,
-    ) -> Iterator[TimestampedValue[Event]]:
+    ) -> Iterator[WindowedValue | TimestampedValue[Event]]:
         shard, events = element
         token, forgotten_before, timer_at = meta.read() or _EMPTY_META
         mirror = self._mirror(shard, token, ids_state)
@@ -161,8 +170,12 @@ class _DedupShardFn(beam.DoFn):
         mirror.token = token
         if len(passed) < len(events):
             self._duplicates.inc(len(events) - len(passed))
-        for event in passed:
-            yield TimestampedValue(event, Timestamp(micros=event.event_time_ms * 1000))
+        if self._global_windows:
+            for event in passed:
+                yield windowed_value.create(event, event.event_time_ms * 1000, _GLOBAL_WINDOWS)
+        else:
+            for event in passed:
+                yield TimestampedValue(event, Timestamp(micros=event.event_time_ms * 1000))
 
     @on_timer(_EXPIRY)
     def expire(
@@ -212,9 +225,13 @@ class DeduplicateEvents(beam.PTransform[Any, Any]):
         self.shards = shards
 
     def expand(self, events: PCollection[Any]) -> PCollection[Any]:
+        # As in ParseEvents: a TimestampedValue per event would cost a Timestamp object and a
+        # WindowFn.assign() each; in the global window the DoFn attaches both itself.
+        global_windows = isinstance(events.windowing.windowfn, GlobalWindows)
         deduplicated: PCollection[Any] = (
             events
             | "BatchByIdShard" >> batch_by_shard(self.shards)
-            | "DropSeenIdsPerShard" >> beam.ParDo(_DedupShardFn(self.horizon_s)).with_output_types(Event)
+            | "DropSeenIdsPerShard"
+            >> beam.ParDo(_DedupShardFn(self.horizon_s, global_windows)).with_output_types(Event)
         )
         return deduplicated

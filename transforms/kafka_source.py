@@ -36,6 +36,7 @@ the same shape as Java's KafkaIO:
 from __future__ import annotations
 
 import logging
+import re
 import struct
 import threading
 import time
@@ -72,6 +73,9 @@ _CLIENT_TIMEOUTS: Final[dict[str, int]] = {"request_timeout_ms": 15_000, "reconn
 _UNCAPPED_RECORDS: Final = 2**31 - 1
 _UNCAPPED_SECONDS: Final = 24 * 3600.0
 _TIME_FIELD: Final = b'"event_time_ms"'
+#: After the first ``"event_time_ms"``: separators, then 1-15 digits not followed by another digit
+#: or by ``.``/``e``/``E`` (a float). One match instead of a byte-by-byte loop in Python.
+_TIME_VALUE: Final = re.compile(rb"[ \t\r\n:]*([0-9]{1,15})(?![0-9.eE])")
 
 
 def event_time_from_payload(value: bytes | None) -> int | None:
@@ -85,16 +89,8 @@ def event_time_from_payload(value: bytes | None) -> int | None:
     i = value.find(_TIME_FIELD)
     if i < 0:
         return None
-    i += len(_TIME_FIELD)
-    n = len(value)
-    while i < n and value[i] in b" \t\r\n:":
-        i += 1
-    j = i
-    while j < n and 48 <= value[j] <= 57:
-        j += 1
-    if j == i or j - i > 15 or (j < n and value[j] in b".eE"):
-        return None
-    return int(value[i:j])
+    match = _TIME_VALUE.match(value, i + len(_TIME_FIELD))
+    return None if match is None else int(match[1])
 
 
 def _with_broker_retry(action: Callable[[], _T], what: str, budget_s: float) -> _T:
@@ -391,6 +387,8 @@ class KafkaPartitionReader(UnboundedReader):
         self._idle_since: float | None = None
         self._end_offset = -1
         self._end_checked_at = float("-inf")
+        self._watermark_ms: int | None = None  # the watermark last returned, and its Timestamp
+        self._watermark = MIN_TIMESTAMP
         self._records: Any = Metrics.counter(metrics.NAMESPACE, metrics.KAFKA_RECORDS_READ)
         self._no_time: Any = Metrics.counter(metrics.NAMESPACE, metrics.KAFKA_RECORDS_WITHOUT_EVENT_TIME)
 
@@ -450,32 +448,41 @@ class KafkaPartitionReader(UnboundedReader):
                            self._config.broker_retry_budget_s)
 
     def advance(self) -> bool:
-        if self._finished():
+        # Once per record: the common case (a buffered record, no stop offset reached) makes no
+        # method calls of ours beyond the payload scan.
+        stop = self._stop_offset
+        if stop is not None and self._next_offset >= stop:
             return False
-        self._ensure_consumer()
-        if not self._buffer:
+        if self._consumer is None:
+            self._ensure_consumer()
+        buffer = self._buffer
+        if not buffer:
             self._fill_buffer()
-        if not self._buffer:
-            if self._idle_since is None:
-                self._idle_since = time.monotonic()
-            return False
+            if not buffer:
+                if self._idle_since is None:
+                    self._idle_since = time.monotonic()
+                return False
         self._idle_since = None
-        rec = self._buffer.popleft()
-        if self._stop_offset is not None and rec.offset >= self._stop_offset:
-            self._buffer.clear()
-            self._next_offset = self._stop_offset
+        rec = buffer.popleft()
+        offset = rec.offset
+        if stop is not None and offset >= stop:
+            buffer.clear()
+            self._next_offset = stop
             return False
-        event_ms = event_time_from_payload(rec.value)
+        value = rec.value
+        event_ms = event_time_from_payload(value)
         if event_ms is None:
             self._no_time.inc()
             event_ms = rec.timestamp if rec.timestamp is not None and rec.timestamp >= 0 else 0
-        self._current = KafkaRecord(rec.topic, rec.partition, rec.offset, rec.key, rec.value, rec.timestamp)
+        self._current = KafkaRecord(rec.topic, rec.partition, offset, rec.key, value, rec.timestamp)
         self._current_ts = Timestamp(micros=event_ms * 1000)
-        # A record stamped far in the future (a broken producer clock) must not drag the watermark
-        # ahead and make every honest event late: it only advances it up to now + skew.
-        horizon_ms = int(time.time() * 1000) + self._config.max_future_skew_ms
-        self._max_event_ms = max(self._max_event_ms, min(event_ms, horizon_ms))
-        self._next_offset = rec.offset + 1
+        if event_ms > self._max_event_ms:
+            # A record stamped far in the future (a broken producer clock) must not drag the
+            # watermark ahead and make every honest event late: it only advances it up to
+            # now + skew. (Only a record past the maximum can move it, so only then the clock.)
+            horizon_ms = int(time.time() * 1000) + self._config.max_future_skew_ms
+            self._max_event_ms = max(self._max_event_ms, min(event_ms, horizon_ms))
+        self._next_offset = offset + 1
         self._records.inc()
         return True
 
@@ -510,7 +517,13 @@ class KafkaPartitionReader(UnboundedReader):
                 and time.monotonic() - self._idle_since >= idle and self._caught_up()):
             now_ms = int(time.time() * 1000) - bound
             wm_ms = now_ms if wm_ms is None else max(wm_ms, now_ms)
-        return MIN_TIMESTAMP if wm_ms is None else Timestamp(micros=max(wm_ms, 0) * 1000)
+        if wm_ms is None:
+            return MIN_TIMESTAMP
+        # Asked once per record; the Timestamp is rebuilt only when the watermark moved.
+        if wm_ms != self._watermark_ms:
+            self._watermark_ms = wm_ms
+            self._watermark = Timestamp(micros=max(wm_ms, 0) * 1000)
+        return self._watermark
 
     def get_checkpoint_mark(self) -> KafkaCheckpointMark:
         c = self._config

@@ -1,21 +1,34 @@
-"""The event contract: the fast validator and the published JSON Schema agree."""
+"""The event contract: the fast validator and the published JSON Schema agree, and the validator's
+fast tier never decides otherwise than its checked tier."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import inspect
+import math
+import pickle
+from collections.abc import Callable
 from typing import Any
 
 import jsonschema
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streaming_analytics.events import (
     FEATURE_NAMES,
     MAX_EVENT_BYTES,
+    Event,
     InvalidEvent,
+    _accept_fast,
+    _validate_checked,
     json_schema,
     parse_event,
+    validate_event,
 )
+from streaming_analytics.generator import EventGenerator, Fractions, GeneratorConfig
 
 VALID: dict[str, Any] = {
     "schema_version": 1,
@@ -114,3 +127,139 @@ def test_float_timestamps_are_rejected_even_when_integral() -> None:
     with pytest.raises(InvalidEvent) as info:
         parse_event(orjson.dumps(mutated("event_time_ms", 1.5e12)))
     assert info.value.code == "bad_type"
+
+
+# --- the two tiers of the validator (streaming_analytics/events.py) ---------------------------------
+def _outcome(validate: Callable[[Any], Event], doc: Any) -> tuple[str, ...]:
+    """What a validator makes of ``doc``: the event (by repr, so 1 and 1.0 differ), the refusal
+    with its code and detail, or the exception it raised."""
+    try:
+        return ("event", repr(validate(doc)))
+    except InvalidEvent as exc:
+        return ("refused", exc.code, exc.detail)
+    except Exception as exc:  # noqa: BLE001 - an unexpected exception must be the same one too
+        return ("raised", type(exc).__name__)
+
+
+def _assert_validate_event_is_the_checked_validator(doc: Any) -> None:
+    assert _outcome(validate_event, doc) == _outcome(_validate_checked, doc)
+    fast = _accept_fast(doc) if type(doc) is dict else None
+    if fast is not None:
+        assert repr(fast) == repr(_validate_checked(doc))
+
+
+def test_the_fast_tier_accepts_every_valid_generated_event_and_nothing_else() -> None:
+    """For JSON documents the fast tier's verdict is the checked validator's (so valid events
+    really take the fast path), and where it accepts, it builds the very same event."""
+    generator = EventGenerator(GeneratorConfig(seed=11, fractions=Fractions(malformed=0.2)))
+    accepted = 0
+    for record in generator.records(5_000, 1_767_225_600_000, interval_ms=10):
+        try:
+            doc = orjson.loads(record.value)
+        except orjson.JSONDecodeError:
+            continue
+        checked = _outcome(_validate_checked, doc)
+        fast = _accept_fast(doc) if type(doc) is dict else None
+        assert (fast is not None) == (checked[0] == "event"), checked
+        if fast is not None:
+            assert ("event", repr(fast)) == checked
+            accepted += 1
+        _assert_validate_event_is_the_checked_validator(doc)
+    assert accepted > 3_500
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=70),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children,
+                                                                      max_size=3),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(sorted(VALID)), _JSON_VALUES, st.booleans())
+def test_both_tiers_agree_on_a_corrupted_top_level_field(field: str, value: Any, delete: bool) -> None:
+    doc = mutated(field, delete=True) if delete else mutated(field, value)
+    _assert_validate_event_is_the_checked_validator(orjson.loads(orjson.dumps(doc)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(FEATURE_NAMES), _JSON_VALUES, st.booleans())
+def test_both_tiers_agree_on_a_corrupted_feature(name: str, value: Any, delete: bool) -> None:
+    doc = mutated(f"features.{name}", delete=True) if delete else mutated(f"features.{name}", value)
+    _assert_validate_event_is_the_checked_validator(orjson.loads(orjson.dumps(doc)))
+
+
+_EDGES = (-1e-9, -0.0, 0, 0.0, 1, 1.0, 1 + 1e-9, 2, 1e308, -1e308, math.inf, -math.inf, math.nan,
+          True, False, 10**400, "1", None, [1], {"x": 1})
+
+
+@pytest.mark.parametrize("field", ["amount", *[f"features.{name}" for name in FEATURE_NAMES]])
+@pytest.mark.parametrize("value", _EDGES, ids=repr)
+def test_both_tiers_agree_at_every_numeric_bound(field: str, value: Any) -> None:
+    """Each number just inside and just outside its bounds, non-finite values and non-numbers
+    (passed as Python values: JSON cannot carry all of them, validate_event can be given them)."""
+    _assert_validate_event_is_the_checked_validator(mutated(field, value))
+
+
+_BOUNDARY_DOCS = [
+    *[mutated(name, value) for name in ("event_id", "user_id", "session_id", "item_id", "category")
+      for value in ("", "x", "x" * 64, "x" * 65)],
+    *[mutated("country", value) for value in ("D", "DE", "DEU", "de", "D1", "", "ÄB")],
+    *[mutated("currency", value) for value in ("EU", "EUR", "EURO", "eur", "E1R", "", "ÉUR")],
+    *[mutated("event_time_ms", value) for value in (946_684_799_999, 946_684_800_000,
+                                                     4_102_444_799_999, 4_102_444_800_000, -1)],
+    *[mutated("event_type", value) for value in ("view", "refund", "View", "", "teleport")],
+    *[mutated("schema_version", value) for value in (0, 1, 2, -1)],
+]
+
+
+@pytest.mark.parametrize("doc", _BOUNDARY_DOCS)
+def test_both_tiers_agree_at_every_string_and_time_bound(doc: dict[str, Any]) -> None:
+    _assert_validate_event_is_the_checked_validator(doc)
+
+
+class _Str(str):
+    __slots__ = ()
+
+
+class _Dict(dict[str, Any]):
+    pass
+
+
+@pytest.mark.parametrize("doc", [
+    _Dict(VALID),
+    mutated("event_id", _Str("e1")),
+    mutated("country", _Str("DE")),
+    mutated("event_type", _Str("view")),
+    mutated("features", _Dict(VALID["features"])),
+    mutated("event_time_ms", 2**70),
+    mutated("event_time_ms", True),
+    mutated("schema_version", True),
+    mutated("schema_version", 1.0),
+    mutated("country", "DÉ"),
+    mutated("currency", "E1R"),
+    mutated("session_id", "s" * 64),
+], ids=lambda d: type(d).__name__)
+def test_both_tiers_agree_on_documents_json_never_produces(doc: dict[str, Any]) -> None:
+    _assert_validate_event_is_the_checked_validator(doc)
+
+
+def test_event_init_is_the_dataclass_signature_and_sets_every_field() -> None:
+    """Event has a hand-written __init__ for speed: same parameters, order and default as the one
+    the dataclass would generate, and every field lands where it belongs."""
+    params = list(inspect.signature(Event.__init__).parameters.values())[1:]
+    assert [(p.name, p.default) for p in params] == [
+        (f.name, inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default)
+        for f in dataclasses.fields(Event)
+    ]
+    values = ["e", "view", 1_767_225_600_000, "u", "s", "i", "books", "DE", 2.5, "EUR", (0.5,) * 6, 1]
+    event = Event(*values)
+    assert [getattr(event, f.name) for f in dataclasses.fields(Event)] == values
+    assert Event(**{f.name: v for f, v in zip(dataclasses.fields(Event), values, strict=True)}) == event
+    assert dataclasses.replace(event, amount=3.0).amount == 3.0
+    assert pickle.loads(pickle.dumps(event)) == event  # noqa: S301 - our own bytes
+    assert hash(event) == hash(Event(*values))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        event.amount = 1.0  # type: ignore[misc]

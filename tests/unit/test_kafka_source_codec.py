@@ -25,6 +25,17 @@ from transforms.records import KafkaRecord
     (b'{"other": 1}', None),
     (b"", None),
     (None, None),
+    # The edges of the scan: 15 digits at most, no float continuation, only the first occurrence.
+    (b'{"event_time_ms":999999999999999}', 999999999999999),
+    (b'{"event_time_ms":1000000000000000}', None),
+    (b'{"event_time_ms":1767225600123e0}', None),
+    (b'{"event_time_ms":1767225600123E0}', None),
+    (b'{"event_time_ms":-1767225600123}', None),
+    (b'{"event_time_ms":\n\t:1767225600123}', 1767225600123),
+    (b'{"event_time_ms":}', None),
+    (b'{"event_time_ms":"x","event_time_ms":1767225600123}', None),
+    (b'{"event_time_ms":1767225600123,"event_time_ms":5}', 1767225600123),
+    (b'{"event_time_ms":\xd9\xa1}', None),
 ])
 def test_event_time_is_read_from_the_payload_without_a_full_parse(payload: bytes | None,
                                                                    expected: int | None) -> None:

@@ -10,6 +10,8 @@ import orjson
 import pytest
 from apache_beam.testing.test_stream import TestStream as _TestStream
 from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms import window
+from apache_beam.transforms.window import GlobalWindow
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -129,3 +131,32 @@ def test_parse_events_routes_and_counts_on_the_direct_runner() -> None:
     for _, code in MALFORMED:
         expected[f"invalid_events.{code}"] = expected.get(f"invalid_events.{code}", 0) + 1
     assert counters == expected
+
+
+class _WithWindow(beam.DoFn):  # type: ignore[misc]
+    def process(self, e: Event, ts: Any = beam.DoFn.TimestampParam,
+                win: Any = beam.DoFn.WindowParam) -> Any:
+        yield e.event_id, ts.micros // 1000, str(win)
+
+
+@pytest.mark.parametrize("windowed", [False, True], ids=["global", "fixed-60s"])
+def test_events_get_the_windows_of_their_input_windowing(windowed: bool) -> None:
+    """In the global window ParseEvents attaches window and timestamp itself; under any other
+    windowing the input's WindowFn assigns the event's windows from its event time, as before."""
+    p = beam.Pipeline()
+    records = p | beam.Create([raw("e1", 1, 1.0), raw("e2", 65, 2.0)])
+    if windowed:
+        records = records | beam.WindowInto(window.FixedWindows(60))
+    out = (records | ParseEvents(clock=fixed_clock)).events | beam.ParDo(_WithWindow())
+
+    def expected_window(t_s: int) -> str:
+        if not windowed:
+            return str(GlobalWindow())
+        start = (BASE_S + t_s) // 60 * 60
+        return str(window.IntervalWindow(start, start + 60))
+
+    assert_that(out, equal_to([
+        ("e1", (BASE_S + 1) * 1000, expected_window(1)),
+        ("e2", (BASE_S + 65) * 1000, expected_window(65)),
+    ]))
+    p.run().wait_until_finish()

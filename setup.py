@@ -25,6 +25,7 @@ TEST_REQUIRES = [
     "pytest-timeout==2.4.0",
     "hypothesis==6.170.17",
     "jsonschema==4.26.0",
+    "kubernetes-validate==1.33.0",  # offline core Kubernetes schemas for the chart tests
     "websockets==17.4",
     "ruff==0.17.6",
     "mypy==2.4.1",

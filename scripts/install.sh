@@ -13,6 +13,8 @@
 #   5. Java artifacts from Maven Central: the Kafka broker's classpath, and Beam's Flink
 #      job-server jar when the registry serves it
 #   6. the dashboard's front-end packages (npm ci), copied into the push server's static files
+#   7. the Kubernetes packaging tools the chart tests use: helm (built from the Go module proxy) and
+#      promtool (taken out of Debian's prometheus package, which is not installed)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -159,4 +161,33 @@ if ! stamp_ok frontend "$frontend_hash" || ! $vendor_ok; then
   mkdir -p "$VENDOR"
   for f in "${vendor_files[@]}"; do cp "$FRONTEND/node_modules/uplot/dist/$f" "$VENDOR/$f"; done
   stamp_set frontend "$frontend_hash"
+fi
+
+# --- 7. Kubernetes packaging tools: helm and promtool ---------------------------------------------
+# tests/unit/test_chart.py renders charts/streaming-analytics with helm (template, lint) and checks
+# its alert rules with promtool. helm is built from the Go module proxy, like Prism.
+HELM_VERSION="v3.22.0"
+if ! stamp_ok helm "$HELM_VERSION" || [[ ! -x "$TOOLS/bin/helm" ]]; then
+  GO="$(find_go)"
+  [[ -n "$GO" ]] || fail "go not found: helm is built with the Go toolchain (install golang-go)"
+  say "building helm $HELM_VERSION from the Go module proxy (a few minutes the first time)"
+  GOBIN="$TOOLS/bin" GOFLAGS=-mod=mod "$GO" install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  stamp_set helm "$HELM_VERSION"
+fi
+
+# promtool alone: the binary is extracted from Debian's prometheus package, so no Prometheus server
+# is installed, enabled or started on a developer's machine.
+if ! stamp_ok promtool debian-prometheus || [[ ! -x "$TOOLS/bin/promtool" ]]; then
+  say "extracting promtool from Debian's prometheus package into ${TOOLS#"$ROOT"/}/bin"
+  deb_dir="$(mktemp -d)"
+  if ! (cd "$deb_dir" && apt-get download -qq prometheus >/dev/null 2>&1); then
+    # A fresh machine may have no package lists yet.
+    if [[ $(id -u) -eq 0 ]]; then apt-get update -qq; else sudo apt-get update -qq; fi
+    (cd "$deb_dir" && apt-get download -qq prometheus >/dev/null) \
+      || fail "apt-get download prometheus failed (needed for promtool)"
+  fi
+  dpkg-deb -x "$deb_dir"/prometheus_*.deb "$deb_dir/root"
+  install -m 0755 "$deb_dir/root/usr/bin/promtool" "$TOOLS/bin/promtool"
+  rm -rf "$deb_dir"
+  stamp_set promtool debian-prometheus
 fi

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -37,7 +38,9 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "streaming-analytics"
 PRODUCTION_VALUES = CHART / "values-production.yaml"
 OPERATOR_DIR = ROOT / "flink-operator"
-CRDS = ROOT.parent / "shared" / "schemas" / "crds"
+# The team's shared folder sits beside the checkout (here and in CI); SHARED_DIR overrides that for
+# a checkout made elsewhere.
+CRDS = Path(os.environ.get("SHARED_DIR", ROOT.parent / "shared")) / "schemas" / "crds"
 OPERATIONS_MD = ROOT / "docs" / "operations.md"
 
 KUBERNETES_VERSION = "1.33.0"

@@ -25,6 +25,7 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from models.anomaly import latest_model, version_of
+from streaming_analytics.settings import worker_value
 
 
 class _LiveModel:
@@ -65,8 +66,10 @@ class NewestModelHandler(ModelHandler[np.ndarray, PredictionResult, _LiveModel])
     """Scores rows of :func:`models.anomaly.model_input` with the newest model version.
 
     ``model_uri`` is the version to start from (normally the newest, see
-    :func:`models.anomaly.latest_model`); with ``refresh_interval_s`` the handler switches to
-    newer versions that appear in the same directory, without a restart.
+    :func:`models.anomaly.latest_model`), or a directory — the newest version in it when the
+    worker loads the model; a :func:`~streaming_analytics.settings.worker_ref` is resolved on the
+    worker. With ``refresh_interval_s`` the handler switches to newer versions that appear in the
+    same directory, without a restart.
     """
 
     def __init__(self, model_uri: str, *, refresh_interval_s: float | None = None,
@@ -78,7 +81,12 @@ class NewestModelHandler(ModelHandler[np.ndarray, PredictionResult, _LiveModel])
         self._refresh_interval_s = refresh_interval_s
 
     def load_model(self) -> _LiveModel:
-        path = Path(self._model_uri)
+        path = Path(worker_value(self._model_uri))
+        if path.is_dir():
+            newest = latest_model(path)
+            if newest is None:
+                raise FileNotFoundError(f"no anomaly model version in {path}")
+            path = newest
         return _LiveModel(path, _load(path), self._refresh_interval_s)
 
     def run_inference(self, batch: Sequence[np.ndarray], model: _LiveModel,

@@ -28,7 +28,7 @@ from apache_beam.runners.runner import PipelineResult
 
 from models.anomaly import latest_model
 from streaming_analytics.db.migrate import migrate
-from streaming_analytics.settings import Settings
+from streaming_analytics.settings import Settings, worker_ref
 from streaming_analytics.streams import CHANNEL_ALERTS, CHANNEL_FIXED, CHANNEL_SLIDING
 from transforms import aggregates as agg
 from transforms.aggregates import WindowedAggregates, parse_dimensions
@@ -195,6 +195,12 @@ class IOOptions(PipelineOptions):
                             help="A reader self-checkpoints after this many records in one bundle.")
         parser.add_argument("--kafka_max_read_time_s", type=float, default=1.0,
                             help="A reader self-checkpoints after this long in one bundle; bounds latency.")
+        parser.add_argument("--endpoints", default="launcher", choices=["launcher", "workers"],
+                            help="Where the Kafka, PostgreSQL and Redis endpoints and the model "
+                                 "directory are read: from the launcher's SA_* settings, baked into "
+                                 "the job (local runs), or from each worker's own SA_* environment "
+                                 "when it connects (a job jar built once for Kubernetes: it then "
+                                 "holds no endpoint or password).")
         parser.add_argument("--skip_migrations", action="store_true", default=False,
                             help="Do not apply the Postgres migrations before submitting the job.")
         parser.add_argument("--postgres_schema", default="public",
@@ -204,13 +210,24 @@ class IOOptions(PipelineOptions):
 def build_job(p: beam.Pipeline, settings: Settings) -> AnalyticsOutputs:
     """The whole job on ``p``: :class:`ReadFromKafka` → :func:`build_pipeline` → every sink.
 
-    Endpoints are resolved here, in the launcher, and travel inside the transforms, so the workers
-    (a Flink TaskManager's SDK harness, Prism's loopback worker) need no configuration of their own.
+    With ``--endpoints=launcher`` (the default, local runs) endpoints are resolved here and travel
+    inside the transforms, so the workers (Prism's loopback worker) need no configuration of their
+    own. With ``--endpoints=workers`` the transforms carry :func:`worker_ref` placeholders that each
+    worker resolves from its own ``SA_*`` environment when it connects — for a job jar that is built
+    once and deployed to many places (the Helm chart sets those variables on the SDK harness), and
+    that then holds no password. Topics, stream prefix and consumer group are part of the job's
+    identity and always come from the launcher.
     """
     options = p.options
     opts = options.view_as(AnalyticsOptions)
     io = options.view_as(IOOptions)
-    if opts.model_uri is None:
+    on_workers = io.endpoints == "workers"
+    bootstrap = worker_ref("SA_KAFKA_BOOTSTRAP") if on_workers else settings.kafka_bootstrap
+    dsn = worker_ref("SA_POSTGRES_DSN") if on_workers else settings.postgres_dsn
+    redis_url = worker_ref("SA_REDIS_URL") if on_workers else settings.redis_url
+    if opts.model_uri is None and on_workers:
+        opts.model_uri = worker_ref("SA_MODEL_DIR")  # the newest version there, when a worker loads it
+    elif opts.model_uri is None:
         newest = latest_model(settings.model_dir)
         if newest is None:
             raise FileNotFoundError(
@@ -219,16 +236,16 @@ def build_job(p: beam.Pipeline, settings: Settings) -> AnalyticsOutputs:
         opts.model_uri = str(newest)
     idle = io.kafka_idle_timeout_s if io.kafka_idle_timeout_s > 0 else None
     records = p | READ_LABEL >> ReadFromKafka(
-        bootstrap=settings.kafka_bootstrap, topic=settings.topic_events, group_id=settings.consumer_group,
+        bootstrap=bootstrap, topic=settings.topic_events, group_id=settings.consumer_group,
         start=io.kafka_start, max_out_of_orderness_ms=int(opts.max_out_of_orderness_s * 1000),
         idle_timeout_s=idle, bounded=opts.bounded,
         max_records_per_bundle=io.kafka_max_records_per_bundle, max_read_time_s=io.kafka_max_read_time_s,
     )
     out = build_pipeline(p, records, options)
-    dsn, schema = settings.postgres_dsn, io.postgres_schema
+    schema = io.postgres_schema
 
     def to_redis(channel: str) -> WriteToRedisStreams:
-        return WriteToRedisStreams(channel, settings.redis_url, prefix=settings.redis_stream_prefix,
+        return WriteToRedisStreams(channel, redis_url, prefix=settings.redis_stream_prefix,
                                    maxlen=settings.redis_stream_maxlen)
 
     _ = out.fixed | "WriteFixedToPostgres" >> WriteAggregatesToPostgres(dsn, schema=schema)
@@ -239,8 +256,7 @@ def build_job(p: beam.Pipeline, settings: Settings) -> AnalyticsOutputs:
         _ = out.alerts | "WriteAlertsToPostgres" >> WriteAlertsToPostgres(dsn, schema=schema)
         _ = out.alerts | "WriteAlertsToRedis" >> to_redis(CHANNEL_ALERTS)
     _ = out.dead_letters | "WriteDeadLettersToPostgres" >> WriteDeadLettersToPostgres(dsn, schema=schema)
-    _ = out.dead_letters | "WriteDeadLettersToKafka" >> WriteDeadLettersToKafka(
-        settings.kafka_bootstrap, settings.topic_dlq)
+    _ = out.dead_letters | "WriteDeadLettersToKafka" >> WriteDeadLettersToKafka(bootstrap, settings.topic_dlq)
     return out
 
 

@@ -20,6 +20,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -135,6 +136,32 @@ def resolve(environ: Mapping[str, str] | None = None) -> dict[str, str]:
         name: env.get(name) or overrides.get(name) or var.default
         for name, var in VARIABLES.items()
     }
+
+
+#: Prefix of a value that names a variable to be read where the value is used (see worker_value).
+WORKER_ENV_PREFIX: Final = "env:"
+
+
+def worker_ref(name: str) -> str:
+    """A placeholder for variable ``name``, resolved by :func:`worker_value` where it is used.
+
+    A job launched with ``--endpoints=workers`` carries these instead of endpoint values, so the
+    job jar built once holds no endpoint or password, and each deployment's workers (a Flink
+    TaskManager's SDK harness) connect where their own ``SA_*`` environment says.
+    """
+    if name not in VARIABLES:
+        raise ConfigError(f"{name} is not a documented variable")
+    return WORKER_ENV_PREFIX + name
+
+
+def worker_value(value: str) -> str:
+    """``value``, or — for a :func:`worker_ref` — the variable's effective value in this process."""
+    if not value.startswith(WORKER_ENV_PREFIX):
+        return value
+    name = value[len(WORKER_ENV_PREFIX):]
+    if name not in VARIABLES:
+        raise ConfigError(f"{value!r} names no documented variable")
+    return resolve()[name]
 
 
 @dataclass(frozen=True)

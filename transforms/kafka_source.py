@@ -58,6 +58,7 @@ from apache_beam.metrics.metric import Metrics
 from apache_beam.pvalue import PBegin, PCollection
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Timestamp
 
+from streaming_analytics.settings import worker_value
 from transforms import metrics
 from transforms.records import KafkaRecord
 
@@ -208,7 +209,7 @@ class _OffsetCommitter:
     def __init__(self, bootstrap: str, group_id: str) -> None:
         from kafka import KafkaConsumer
 
-        self._consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id,
+        self._consumer = KafkaConsumer(bootstrap_servers=worker_value(bootstrap), group_id=group_id,
                                        enable_auto_commit=False, client_id="sa-offset-committer")
         self._commit_lock = threading.Lock()
         self.commits: Any = Metrics.counter(metrics.NAMESPACE, metrics.KAFKA_OFFSET_COMMITS)
@@ -334,7 +335,8 @@ class KafkaPartitionSource(UnboundedSource):
             return [self]
         from kafka import KafkaConsumer, TopicPartition
 
-        consumer = KafkaConsumer(bootstrap_servers=self.config.bootstrap, enable_auto_commit=False)
+        consumer = KafkaConsumer(bootstrap_servers=worker_value(self.config.bootstrap),
+                                 enable_auto_commit=False)
         try:
             partitions = sorted(consumer.partitions_for_topic(self.config.topic) or ())
             if not partitions:
@@ -412,7 +414,7 @@ class KafkaPartitionReader(UnboundedReader):
         c = self._config
         self.close()
         self._consumer = KafkaConsumer(
-            bootstrap_servers=c.bootstrap, group_id=None, enable_auto_commit=False,
+            bootstrap_servers=worker_value(c.bootstrap), group_id=None, enable_auto_commit=False,
             max_poll_records=c.max_poll_records, fetch_max_wait_ms=c.poll_timeout_ms,
             client_id=f"sa-source-{c.topic}-{self._partition}", **_CLIENT_TIMEOUTS,
         )
@@ -560,7 +562,8 @@ class KafkaPartitionReader(UnboundedReader):
     def _committed_offset(self) -> int | None:
         from kafka import KafkaConsumer
 
-        probe = KafkaConsumer(bootstrap_servers=self._config.bootstrap, group_id=self._config.group_id,
+        probe = KafkaConsumer(bootstrap_servers=worker_value(self._config.bootstrap),
+                              group_id=self._config.group_id,
                               enable_auto_commit=False, **_CLIENT_TIMEOUTS)
         try:
             committed = probe.committed(self._tp)

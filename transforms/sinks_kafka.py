@@ -34,6 +34,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError, RetriableError
 from kafka.producer.future import FutureRecordMetadata
 
+from streaming_analytics.settings import worker_value
 from transforms import metrics, sink_metrics
 from transforms.records import DeadLetter
 from transforms.retry import RetryPolicy, call_with_retry
@@ -92,7 +93,8 @@ class _ProduceDeadLettersFn(beam.DoFn):
         # our policy only covers reaching a broker at start.
         self._producer = call_with_retry(
             lambda: KafkaProducer(
-                bootstrap_servers=self._bootstrap.split(","), client_id=self._client_id, acks="all",
+                bootstrap_servers=worker_value(self._bootstrap).split(","), client_id=self._client_id,
+                acks="all",
                 enable_idempotence=True, delivery_timeout_ms=timeout_ms,
                 request_timeout_ms=min(30_000, timeout_ms), max_block_ms=timeout_ms, linger_ms=5,
                 bootstrap_timeout_ms=int(self._connect_timeout_s * 1000),

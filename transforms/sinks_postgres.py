@@ -40,6 +40,7 @@ from psycopg2.extensions import connection as pg_connection
 from psycopg2.extras import execute_values
 
 from streaming_analytics.db.migrate import check_schema_name
+from streaming_analytics.settings import worker_value
 from transforms import metrics, sink_metrics
 from transforms.records import DeadLetter
 from transforms.retry import RetryPolicy, call_with_retry
@@ -134,7 +135,8 @@ class _PostgresWriteFn(BatchingWriteFn[Row]):
     def _connection(self) -> pg_connection:
         if self._conn is None or self._conn.closed:
             self._conn = psycopg2.connect(
-                self._dsn, connect_timeout=self._connect_timeout_s, application_name=self._application_name
+                worker_value(self._dsn), connect_timeout=self._connect_timeout_s,
+                application_name=self._application_name,
             )
         return self._conn
 

@@ -30,6 +30,7 @@ from apache_beam.pvalue import PCollection
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from streaming_analytics.settings import worker_value
 from streaming_analytics.streams import CHANNEL_ALERTS, CHANNELS, StreamEntry, stream_key, window_key
 from transforms import metrics, sink_metrics
 from transforms.retry import RetryPolicy, call_with_retry
@@ -94,7 +95,7 @@ class _XAddFn(BatchingWriteFn[dict[str, bytes]]):
     def setup(self) -> None:
         # The library's own retries are off (retries=0): one retry layer, ours, with its budget.
         self._client = redis.Redis.from_url(
-            self._url, client_name=self._client_name, retry=Retry(NoBackoff(), 0),
+            worker_value(self._url), client_name=self._client_name, retry=Retry(NoBackoff(), 0),
             socket_timeout=self._socket_timeout_s, socket_connect_timeout=self._socket_timeout_s,
         )
         # Connect now so a wrong URL fails the job at start, not at the first record.

@@ -10,14 +10,19 @@ runner interleaves partitions (the TestStream tests pin that behaviour down exac
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
+from unittest import mock
 
 import pytest
 
 from pipelines.analytics_pipeline import run
 from pipelines.runners import runner_args
+from streaming_analytics.db.migrate import migrate
 from streaming_analytics.sandbox import private_job
 from streaming_analytics.settings import Settings
 from tests.integration.pipeline_support import Windows, assert_results_exact
@@ -45,4 +50,19 @@ def test_final_panes_equal_independent_aggregates(job: Settings, runner: str) ->
     schema = job.topic_events
     run([*runner_args(runner, job), "--bounded", f"--postgres_schema={schema}", "--kafka_start=earliest"],
         settings=job)
+    assert assert_results_exact(job, schema, PARTITIONS, Windows()) > 100
+
+
+def test_workers_read_endpoints_from_their_own_environment(job: Settings) -> None:
+    """--endpoints=workers: the launcher's endpoint settings are never used (here they point
+    nowhere); the workers connect where their SA_* environment says, and the results are exact."""
+    schema = job.topic_events
+    migrate(job.postgres_dsn, schema=schema)
+    nowhere = dataclasses.replace(job, kafka_bootstrap="127.0.0.1:9", postgres_dsn="postgresql://nobody@127.0.0.1:9/x",
+                                  redis_url="redis://127.0.0.1:9/0", model_dir=Path("/nonexistent"))
+    env = {"SA_KAFKA_BOOTSTRAP": job.kafka_bootstrap, "SA_POSTGRES_DSN": job.postgres_dsn,
+           "SA_REDIS_URL": job.redis_url, "SA_MODEL_DIR": str(job.model_dir)}
+    with mock.patch.dict(os.environ, env):
+        run([*runner_args("direct", nowhere), "--bounded", f"--postgres_schema={schema}",
+             "--kafka_start=earliest", "--endpoints=workers", "--skip_migrations"], settings=nowhere)
     assert assert_results_exact(job, schema, PARTITIONS, Windows()) > 100

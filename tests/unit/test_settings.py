@@ -52,3 +52,15 @@ def test_every_variable_is_documented_in_the_readme_table() -> None:
     declared = set(s.VARIABLES)
     assert declared - documented == set(), "variables missing from README's configuration table"
     assert documented - declared == set(), "README documents variables the code does not read"
+
+
+def test_worker_refs_resolve_where_they_are_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    ref = s.worker_ref("SA_POSTGRES_DSN")
+    assert ref == "env:SA_POSTGRES_DSN"
+    monkeypatch.setenv("SA_POSTGRES_DSN", "postgresql://worker@db.internal/analytics")
+    assert s.worker_value(ref) == "postgresql://worker@db.internal/analytics"
+    assert s.worker_value("postgresql://launcher@127.0.0.1/x") == "postgresql://launcher@127.0.0.1/x"
+    with pytest.raises(s.ConfigError):
+        s.worker_ref("SA_NOT_A_VARIABLE")
+    with pytest.raises(s.ConfigError):
+        s.worker_value("env:SA_NOT_A_VARIABLE")

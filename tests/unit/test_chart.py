@@ -214,7 +214,7 @@ def pod_specs(docs: list[Doc]) -> Iterator[tuple[str, Doc, Doc | None]]:
 
 def pod_labels(docs: list[Doc]) -> Iterator[tuple[str, dict[str, str]]]:
     for d in docs:
-        if d["kind"] == "Deployment":
+        if d["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
             yield f"Deployment/{d['metadata']['name']}", d["spec"]["template"]["metadata"]["labels"]
         elif d["kind"] == "FlinkDeployment":
             for role in ("jobManager", "taskManager"):
@@ -540,6 +540,19 @@ def test_should_render_no_secret_value_when_an_existing_secret_is_given(helm: Pa
     refs = [e["valueFrom"]["secretKeyRef"]["name"] for _, spec, _ in pod_specs(docs) for c in containers(spec)
             for e in c.get("env", []) if "valueFrom" in e and "secretKeyRef" in e["valueFrom"]]
     assert refs and set(refs) == {"platform-secrets"}
+
+
+def test_should_migrate_the_schema_in_a_hook_before_upgrades(helm: Path, chart_docs: list[Doc]) -> None:
+    job = one(chart_docs, "Job")
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == [
+        "python", "-m", "streaming_analytics.db.migrate"]
+    hooks = job["metadata"]["annotations"]["helm.sh/hook"].split(",")
+    assert "pre-upgrade" in hooks
+    env = env_of(job["spec"]["template"]["spec"]["containers"][0])
+    assert "secretKeyRef" in env["SA_POSTGRES_DSN"]["valueFrom"]
+    # With a Secret managed outside the chart the schema exists before anything else starts.
+    managed = [d for d in yaml.safe_load_all(render_text(helm, sets=("secrets.existingSecret=s",))) if d]
+    assert "pre-install" in one(managed, "Job")["metadata"]["annotations"]["helm.sh/hook"].split(",")
 
 
 def test_should_keep_secret_values_out_of_env_literals(chart_docs: list[Doc]) -> None:

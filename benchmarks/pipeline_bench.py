@@ -26,8 +26,6 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -170,24 +168,13 @@ def latency(seconds: float, rate: float, early_delay_s: float) -> dict[str, Any]
             time.sleep(3 + early_delay_s)
             latencies = _probe_latencies(s, probes)
         finally:
-            _stop_group(job)
+            sandbox.stop_job_process(job)
     lat = sorted(latencies)
     return {
         "probes": len(probes), "seen": len(lat), "rate": rate, "early_firing_delay_s": early_delay_s,
         "p50_ms": _pct(lat, 0.50), "p95_ms": _pct(lat, 0.95), "p99_ms": _pct(lat, 0.99),
         "mean_ms": statistics.fmean(lat) if lat else None,
     }
-
-
-def _stop_group(job: subprocess.Popen[bytes]) -> None:
-    """Stop the job and every process it started (Prism)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(job.pid, signal.SIGTERM)
-    try:
-        job.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(job.pid, signal.SIGKILL)
-        job.wait(30)
 
 
 def _wait_for_job(s: Settings, schema: str, timeout_s: float = 60) -> None:

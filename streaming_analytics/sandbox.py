@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
+import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import psycopg2
 import redis
@@ -28,6 +30,19 @@ def job_environ(s: Settings) -> dict[str, str]:
     return {**os.environ, "SA_KAFKA_TOPIC_EVENTS": s.topic_events, "SA_KAFKA_TOPIC_DLQ": s.topic_dlq,
             "SA_REDIS_STREAM_PREFIX": s.redis_stream_prefix, "SA_KAFKA_CONSUMER_GROUP": s.consumer_group,
             "SA_MODEL_DIR": str(s.model_dir)}
+
+
+def stop_job_process(job: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
+    """Stop a job launched in its own session (``start_new_session=True``) and everything it
+    started — the launcher runs Prism as a child; SIGTERM first, SIGKILL after ``timeout_s``."""
+    with suppress(ProcessLookupError):
+        os.killpg(job.pid, signal.SIGTERM)
+    try:
+        job.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        with suppress(ProcessLookupError):
+            os.killpg(job.pid, signal.SIGKILL)
+        job.wait(timeout_s)
 
 
 @contextmanager

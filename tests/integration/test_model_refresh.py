@@ -9,9 +9,7 @@ The job runs unbounded on Prism (the runner of `make run`), watching its model d
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -25,7 +23,7 @@ from models.anomaly import latest_model, model_path, train
 from pipelines.runners import runner_args
 from streaming_analytics.events import parse_event
 from streaming_analytics.generator import KIND_HEADER, EventGenerator, Fractions, GeneratorConfig, produce
-from streaming_analytics.sandbox import job_environ, private_job
+from streaming_analytics.sandbox import job_environ, private_job, stop_job_process
 from streaming_analytics.settings import Settings
 from tests.integration.pipeline_support import consume_all
 
@@ -53,12 +51,7 @@ def job(settings: Settings, unique_name: str, model_dir: Path,
         try:
             yield own, proc, log
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+            stop_job_process(proc)
 
 
 def alerts(s: Settings) -> list[tuple[str, str]]:

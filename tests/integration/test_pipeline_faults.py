@@ -11,8 +11,6 @@ machine cannot install (docs/status.md).
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import threading
@@ -26,7 +24,7 @@ import pytest
 
 from pipelines.runners import runner_args
 from streaming_analytics.generator import EventGenerator, Fractions, GeneratorConfig, produce
-from streaming_analytics.sandbox import job_environ, private_job
+from streaming_analytics.sandbox import job_environ, private_job, stop_job_process
 from streaming_analytics.settings import Settings
 from streaming_analytics.stack.manager import Stack
 from tests.integration.pipeline_support import Windows, assert_results_exact, wait_for_committed_offsets
@@ -59,12 +57,7 @@ def job(settings: Settings, unique_name: str,
             _wait_for_migrations(s, s.topic_events, proc, log)
             yield s, proc
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+            stop_job_process(proc)
 
 
 def _tail(log: Path) -> str:

@@ -45,8 +45,9 @@ and events/s = events / wall time of the run, start-up included.
 {chr(10).join(rows)}
 
 Latency (Prism, streaming, early firing delay {lat['early_firing_delay_s']} s,
-{lat['rate']:.0f} events/s live): one probe event per second with a category of its own;
-latency = its produce call → the first entry for its window in the Redis stream.
+{lat['rate']:.0f} events/s live, after {lat.get('warmup_s', 0):.0f} s of unmeasured warm-up
+traffic): one probe event per second with a category of its own; latency = its produce call →
+the first entry for its window in the Redis stream.
 Probes seen: {lat['seen']} of {lat['probes']}.
 
 | p50 | p95 | p99 |

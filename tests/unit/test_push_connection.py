@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from websockets.frames import Frame, Opcode
 
 from push_server import disconnect
@@ -221,3 +223,38 @@ def test_timers_auth_timeout_keepalive_and_close_timeout(env: Env) -> None:
     assert not transport.aborted
     alive.tick(base + 42 + CLOSE_TIMEOUT_S + 1, time.time())  # the peer never completes the close
     assert transport.aborted
+
+
+WIRE_CLOSE_CODES = {1002, 1007, 1009, 1011}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(garbage=st.lists(st.binary(min_size=1, max_size=300), min_size=1, max_size=4))
+def test_raw_garbage_after_the_handshake_never_escapes_and_gets_a_documented_close(
+        env: Env, garbage: list[bytes]) -> None:
+    """Bytes that are not (valid) WebSocket frames: the protocol layer never raises into asyncio,
+    and whatever close the server sends carries a documented code."""
+    connection, transport, peer = env.connected()
+    for chunk in garbage:
+        if transport.closed:
+            break
+        connection.data_received(chunk)
+    frames = peer.frames()
+    code = Peer.close_code(frames)
+    assert code is None or code in WIRE_CLOSE_CODES | {d.code for d in disconnect.ALL}
+    connection.connection_lost(None)
+    assert connection not in env.node.connections and env.node.hub.client_count == 0
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(head=st.binary(max_size=400), more=st.binary(max_size=100))
+def test_a_garbage_handshake_is_refused_without_an_exception(env: Env, head: bytes, more: bytes) -> None:
+    connection = Connection(env.node)
+    transport = FakeTransport(connection)
+    connection.connection_made(transport)
+    connection.data_received(head + b"\r\n\r\n")
+    if more:  # what a client sends before it sees the refusal (the transport closes asynchronously)
+        connection.data_received(more)
+    assert connection.session is None  # never a WebSocket, so never a session
+    connection.connection_lost(None)
+    assert connection not in env.node.connections

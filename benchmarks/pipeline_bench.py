@@ -215,7 +215,7 @@ def _send_live(s: Settings, seconds: float, rate: float) -> dict[str, float]:
             next_probe += 1.0
         due = start + sent / rate
         if time.monotonic() < due:
-            time.sleep(min(due - time.monotonic(), 0.01))
+            time.sleep(max(0.0, min(due - time.monotonic(), 0.01)))
             continue
         record = generator.next_record(int(time.time() * 1000))
         producer.send(s.topic_events, key=record.key, value=record.value)

@@ -32,7 +32,14 @@ from streaming_analytics.settings import Settings, worker_ref
 from streaming_analytics.streams import CHANNEL_ALERTS, CHANNEL_FIXED, CHANNEL_SLIDING
 from transforms import aggregates as agg
 from transforms.aggregates import WindowedAggregates, parse_dimensions
-from transforms.dedup import DEFAULT_HORIZON_S, DEFAULT_SHARDS, DeduplicateEvents
+from transforms.dedup import (
+    DEFAULT_HORIZON_S,
+    DEFAULT_SHARDS,
+    EVENTS,
+    DeduplicateEvents,
+    admitted_tag,
+    too_late_tag,
+)
 from transforms.kafka_source import ReadFromKafka
 from transforms.parse import ParseEvents
 from transforms.scoring import DEFAULT_REFRESH_INTERVAL_S, DEFAULT_THRESHOLD, ScoreEvents
@@ -79,13 +86,12 @@ class AnalyticsOptions(PipelineOptions):
         parser.add_argument("--late_gate_margin_s", type=float, default=agg.DEFAULT_LATE_GATE_MARGIN_S,
                             help="Extra time windows are kept beyond the allowed lateness so that the "
                                  "GroupByKey never drops what the late gate let in (default 60).")
-        parser.add_argument("--late_gate_shards", type=int, default=agg.DEFAULT_LATE_GATE_SHARDS,
-                            help="Parallelism (key shards) of the late gate (default 16).")
         parser.add_argument("--dedup_horizon_s", type=float, default=DEFAULT_HORIZON_S,
                             help="How far back in event time duplicates are recognised (default 600); "
                                  "must cover window size + allowed lateness + margin.")
         parser.add_argument("--dedup_shards", type=int, default=DEFAULT_SHARDS,
-                            help="Parallelism (key shards) of the dedup state (default 16).")
+                            help="Parallelism (key shards) of the dedup state and of the late-data "
+                                 "gate, which runs in the same step (default 16).")
         parser.add_argument("--dimensions", default=DEFAULT_DIMENSIONS_SPEC,
                             help="Aggregate dimensions: comma separated, '+' joins fields "
                                  f"(default {DEFAULT_DIMENSIONS_SPEC!r}).")
@@ -123,7 +129,7 @@ def aggregate_transforms(options: AnalyticsOptions) -> tuple[WindowedAggregates,
         "dimensions": dimensions,
         "max_out_of_orderness_s": options.max_out_of_orderness_s,
         "late_gate_margin_s": options.late_gate_margin_s,
-        "late_gate_shards": options.late_gate_shards,
+        "gated": True,  # DeduplicateEvents applies their gates (see build_pipeline)
     }
     fixed = WindowedAggregates(agg.FIXED, size_s=options.fixed_window_s, **common)
     sliding = WindowedAggregates(
@@ -151,14 +157,17 @@ def build_pipeline(
             f"late gate margin ({needed} s): late re-deliveries could be double counted"
         )
     parsed = records | PARSE_LABEL >> ParseEvents()
-    events = parsed.events | DEDUP_LABEL >> DeduplicateEvents(
-        horizon_s=opts.dedup_horizon_s, shards=opts.dedup_shards)
-    fixed = events | FIXED_LABEL >> fixed_step
-    sliding = events | SLIDING_LABEL >> sliding_step
+    # The dedup step gates late data for both aggregate kinds too: one keyed stage instead of three.
+    deduplicated = parsed.events | DEDUP_LABEL >> DeduplicateEvents(
+        horizon_s=opts.dedup_horizon_s, shards=opts.dedup_shards,
+        gates=(fixed_step.late_gate, sliding_step.late_gate), clock=fixed_step.clock)
+    events = deduplicated[EVENTS]
+    fixed = deduplicated[admitted_tag(agg.FIXED)] | FIXED_LABEL >> fixed_step
+    sliding = deduplicated[admitted_tag(agg.SLIDING)] | SLIDING_LABEL >> sliding_step
     dead_letters = (
         parsed.dead_letter,
-        fixed[agg.TOO_LATE],
-        sliding[agg.TOO_LATE],
+        deduplicated[too_late_tag(agg.FIXED)],
+        deduplicated[too_late_tag(agg.SLIDING)],
     ) | DEAD_LETTERS_LABEL >> beam.Flatten()
     alerts = None if opts.model_uri is None else events | SCORE_LABEL >> scoring_transform(opts)
     return AnalyticsOutputs(

@@ -7,6 +7,8 @@ steps (Flink savepoints bind state to these labels — never rename them):
 → ``Combine`` → ``AttachPane`` (with ``pre_aggregate=False``: ``Unbatch`` → ``KeyByDimension`` →
 ``Window`` → ``Combine`` → ``AttachPane``). Keyed steps take one batch per shard and bundle
 (``transforms/batching.py``: Beam Python's keyed state costs per key touched, not per byte).
+In the job the gate runs upstream instead, inside ``DeduplicateEvents`` (``gated=True`` here, the
+rule is :class:`LateGate`): one keyed stage less between an event and its early pane.
 
 * **Window**: event-time windows with the trigger written out in full::
 
@@ -343,6 +345,47 @@ def _ms(ts: Timestamp) -> int:
     return int(ts.micros // 1000)
 
 
+@dataclass(frozen=True)
+class LateGate:
+    """The too-late rule of one aggregate kind (module docstring, "Late data"), free of Beam.
+
+    With ``seen`` the highest event time a shard has seen so far (this event included), an event
+    at ``t`` is refused when ``seen - max_out_of_orderness`` (the watermark estimate) is past the
+    end of the newest window containing ``t`` plus the allowed lateness. Applied by
+    ``GateTooLateBatches`` here, or upstream by ``DeduplicateEvents`` when the pipeline lets that
+    stateful step gate too (one keyed stage less between an event and its early pane).
+    """
+
+    kind: str
+    size_ms: int
+    period_ms: int
+    lateness_ms: int
+    ooo_ms: int
+
+    def closes_at(self, t: int) -> int:
+        """When the newest window containing ``t`` stops taking events (sliding windows start
+        every period; fixed: period = size)."""
+        return t - t % self.period_ms + self.size_ms + self.lateness_ms
+
+    def refuses(self, t: int, seen: int) -> bool:
+        return seen - self.ooo_ms > self.closes_at(t)
+
+    def dead_letter(self, event: Event, seen: int, failed_at_ms: int) -> DeadLetter:
+        t = event.event_time_ms
+        return DeadLetter(
+            raw=event.to_json(),
+            reason_code=TOO_LATE_REASON,
+            reason_detail=(
+                f"{self.kind} windows of event time {t} closed at {self.closes_at(t)} "
+                f"(window end + allowed lateness); watermark estimate {seen - self.ooo_ms}"
+            ),
+            topic=None,
+            partition=None,
+            offset=None,
+            failed_at_ms=failed_at_ms,
+        )
+
+
 _MAX_EVENT_MS = ReadModifyWriteStateSpec("max_event_ms", VarIntCoder())
 _MAX_EVENT_MS_PARAM = beam.DoFn.StateParam(_MAX_EVENT_MS)
 
@@ -355,24 +398,11 @@ class _LateGateFn(beam.DoFn):
     as if the events came one by one; the state is read and written once per batch.
     """
 
-    def __init__(
-        self,
-        *,
-        kind: str,
-        size_ms: int,
-        period_ms: int,
-        allowed_lateness_ms: int,
-        max_out_of_orderness_ms: int,
-        clock: Callable[[], float],
-    ) -> None:
+    def __init__(self, gate: LateGate, clock: Callable[[], float]) -> None:
         super().__init__()
-        self._kind = kind
-        self._size_ms = size_ms
-        self._period_ms = period_ms
-        self._lateness_ms = allowed_lateness_ms
-        self._ooo_ms = max_out_of_orderness_ms
+        self._gate = gate
         self._clock = clock
-        self._too_late = Metrics.counter(metrics.NAMESPACE, metrics.too_late_events(kind))
+        self._too_late = Metrics.counter(metrics.NAMESPACE, metrics.too_late_events(gate.kind))
 
     def process(
         self,
@@ -382,18 +412,15 @@ class _LateGateFn(beam.DoFn):
         events = element[1]
         stored = max_event_ms.read()
         seen = stored
-        period, size, lateness, ooo = self._period_ms, self._size_ms, self._lateness_ms, self._ooo_ms
+        gate = self._gate
         admitted = EventBatch()
         refused: list[DeadLetter] = []
         for event in events:
             t = event.event_time_ms
             if seen is None or t > seen:
                 seen = t
-            # The newest window containing t (sliding windows start every period; fixed: period = size).
-            newest_end = t - t % period + size
-            estimate = seen - ooo
-            if estimate > newest_end + lateness:
-                refused.append(self._dead_letter(event, newest_end, estimate))
+            if gate.refuses(t, seen):
+                refused.append(gate.dead_letter(event, seen, int(self._clock() * 1000)))
             else:
                 admitted.append(event)
         if seen is not None and seen != stored:
@@ -404,22 +431,6 @@ class _LateGateFn(beam.DoFn):
             self._too_late.inc(len(refused))
             for letter in refused:
                 yield TaggedOutput(TOO_LATE, letter)
-
-    def _dead_letter(self, event: Event, newest_end: int, estimate: int) -> DeadLetter:
-        t = event.event_time_ms
-        return DeadLetter(
-            raw=event.to_json(),
-            reason_code=TOO_LATE_REASON,
-            reason_detail=(
-                f"{self._kind} windows of event time {t} closed at "
-                f"{newest_end + self._lateness_ms} (window end + allowed lateness); "
-                f"watermark estimate {estimate}"
-            ),
-            topic=None,
-            partition=None,
-            offset=None,
-            failed_at_ms=int(self._clock() * 1000),
-        )
 
 
 class _PreAggregateFn(beam.DoFn):
@@ -577,10 +588,12 @@ class WindowedAggregates(beam.PTransform[Any, Any]):
         late_gate_margin_s: extra time the GroupByKey keeps a window beyond the allowed lateness.
         late_gate_shards: parallelism of the late gate.
         pre_aggregate: combine per bundle before the shuffle (exact; off only to compare in tests).
+        gated: the input is already gated — :class:`EventBatch`\\ es that :attr:`late_gate` admitted
+            upstream (``DeduplicateEvents(gates=...)``) — so this transform has no gate of its own.
         clock: wall clock (seconds) for ``emitted_at_ms`` and ``failed_at_ms``; tests inject one.
 
-    Output: dict with ``aggregates`` (:class:`Aggregate` per key, window and pane) and ``too_late``
-    (:class:`DeadLetter`\\ s). Counter ``too_late_events.<kind>``.
+    Output: dict with ``aggregates`` (:class:`Aggregate` per key, window and pane) and, unless
+    ``gated``, ``too_late`` (:class:`DeadLetter`\\ s). Counter ``too_late_events.<kind>``.
     """
 
     def __init__(
@@ -596,6 +609,7 @@ class WindowedAggregates(beam.PTransform[Any, Any]):
         late_gate_margin_s: float = DEFAULT_LATE_GATE_MARGIN_S,
         late_gate_shards: int = DEFAULT_LATE_GATE_SHARDS,
         pre_aggregate: bool = True,
+        gated: bool = False,
         clock: Callable[[], float] = time.time,
         label: str | None = None,
     ) -> None:
@@ -628,7 +642,16 @@ class WindowedAggregates(beam.PTransform[Any, Any]):
         self.late_gate_margin_s = late_gate_margin_s
         self.late_gate_shards = late_gate_shards
         self.pre_aggregate = pre_aggregate
+        self.gated = gated
         self.clock = clock
+
+    @property
+    def late_gate(self) -> LateGate:
+        """The too-late rule of these windows (for a gate upstream, see ``gated``)."""
+        return LateGate(kind=self.kind, size_ms=round(self.size_s * 1000),
+                        period_ms=round(self.period_s * 1000),
+                        lateness_ms=round(self.allowed_lateness_s * 1000),
+                        ooo_ms=round(self.max_out_of_orderness_s * 1000))
 
     @property
     def retention_s(self) -> float:
@@ -642,25 +665,21 @@ class WindowedAggregates(beam.PTransform[Any, Any]):
 
     def expand(self, events: PCollection[Any]) -> dict[str, PCollection[Any]]:
         size_ms, period_ms = round(self.size_s * 1000), round(self.period_s * 1000)
-        gate = (
-            events
-            | "BatchByShard" >> batch_by_shard(self.late_gate_shards)
-            | "GateTooLateBatches"
-            >> beam.ParDo(
-                _LateGateFn(
-                    kind=self.kind,
-                    size_ms=size_ms,
-                    period_ms=period_ms,
-                    allowed_lateness_ms=round(self.allowed_lateness_s * 1000),
-                    max_out_of_orderness_ms=round(self.max_out_of_orderness_s * 1000),
-                    clock=self.clock,
-                )
+        too_late: PCollection[Any] | None = None
+        if self.gated:
+            admitted: PCollection[Any] = events
+        else:
+            gate = (
+                events
+                | "BatchByShard" >> batch_by_shard(self.late_gate_shards)
+                | "GateTooLateBatches"
+                >> beam.ParDo(_LateGateFn(self.late_gate, self.clock))
+                # An EventBatch, so that where the batch crosses a stage boundary it is one orjson
+                # document (EventBatchCoder) instead of a list pickled event by event.
+                .with_output_types(EventBatch)
+                .with_outputs(TOO_LATE, main="events")
             )
-            # An EventBatch, so that where the batch crosses a stage boundary it is one orjson
-            # document (EventBatchCoder) instead of a list pickled event by event.
-            .with_output_types(EventBatch)
-            .with_outputs(TOO_LATE, main="events")
-        )
+            admitted, too_late = gate.events, gate[TOO_LATE]
         window_into = beam.WindowInto(
             self._window_fn(),
             # Early: a speculative pane `early_firing_delay_s` of processing time after the first
@@ -679,7 +698,7 @@ class WindowedAggregates(beam.PTransform[Any, Any]):
         )
         if self.pre_aggregate:
             combined = (
-                gate.events
+                admitted
                 | "PreAggregateWindows" >> beam.ParDo(_PreAggregateFn(size_ms, period_ms, self.dimensions))
                 | "Window" >> window_into
                 | "KeepOwnWindow" >> beam.ParDo(_KeepOwnWindowFn())
@@ -687,11 +706,13 @@ class WindowedAggregates(beam.PTransform[Any, Any]):
             )
         else:
             combined = (
-                gate.events
+                admitted
                 | "Unbatch" >> beam.FlatMap(_unbatch)
                 | "KeyByDimension" >> beam.FlatMap(_by_dimension(self.dimensions))
                 | "Window" >> window_into
                 | "Combine" >> beam.CombinePerKey(EventStatsFn())
             )
         aggregates = combined | "AttachPane" >> beam.ParDo(_AttachPaneFn(self.kind, self.clock))
-        return {AGGREGATES: aggregates, TOO_LATE: gate[TOO_LATE]}
+        if too_late is None:
+            return {AGGREGATES: aggregates}
+        return {AGGREGATES: aggregates, TOO_LATE: too_late}

@@ -42,13 +42,14 @@ counted), since an event id is the producer's promise of identity.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.coders import FastPrimitivesCoder
 from apache_beam.metrics.metric import Metrics
-from apache_beam.pvalue import PCollection
+from apache_beam.pvalue import PCollection, TaggedOutput
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import (
     BagStateSpec,
@@ -63,7 +64,9 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from streaming_analytics.events import Event
 from transforms import metrics
-from transforms.batching import batch_by_shard
+from transforms.aggregates import LateGate
+from transforms.batching import EventBatch, batch_by_shard
+from transforms.records import DeadLetter
 
 #: Default dedup horizon in seconds of event time (see the module docstring).
 DEFAULT_HORIZON_S = 600
@@ -81,8 +84,20 @@ _IDS_PARAM = beam.DoFn.StateParam(_IDS)
 _META_PARAM = beam.DoFn.StateParam(_META)
 _EXPIRY_PARAM = beam.DoFn.TimerParam(_EXPIRY)
 
-#: ``meta`` of a shard that has seen nothing yet: no token, nothing forgotten, no timer.
-_EMPTY_META = (0, None, None)
+#: ``meta`` of a shard that has seen nothing yet: no token, nothing forgotten, no timer, no event.
+_EMPTY_META = (0, None, None, None)
+#: Main output tag of :class:`DeduplicateEvents` when it gates too (see ``gates``).
+EVENTS = "events"
+
+
+def admitted_tag(kind: str) -> str:
+    """Output of the event batches a gate of aggregate ``kind`` admitted."""
+    return f"admitted_{kind}"
+
+
+def too_late_tag(kind: str) -> str:
+    """Output of the dead letters a gate of aggregate ``kind`` refused."""
+    return f"too_late_{kind}"
 _GLOBAL_WINDOWS = (GlobalWindow(),)
 
 
@@ -109,9 +124,13 @@ class _DedupShardFn(beam.DoFn):
     attached, without a ``Timestamp`` object or a window assignment per event.
     """
 
-    def __init__(self, horizon_s: float, global_windows: bool = True) -> None:
+    def __init__(self, horizon_s: float, global_windows: bool = True, gates: tuple[LateGate, ...] = (),
+                 clock: Callable[[], float] = time.time) -> None:
         super().__init__()
         self._global_windows = global_windows
+        self._gates = gates
+        self._clock = clock
+        self._too_late = [Metrics.counter(metrics.NAMESPACE, metrics.too_late_events(g.kind)) for g in gates]
         self._horizon_ms = round(horizon_s * 1000)
         self._granularity_ms = max(1, self._horizon_ms // _COMPACTIONS_PER_HORIZON)
         self._duplicates = Metrics.counter(metrics.NAMESPACE, metrics.DUPLICATE_EVENTS)
@@ -141,7 +160,7 @@ class _DedupShardFn(beam.DoFn):
         expiry: Any = _EXPIRY_PARAM,
     ) -> Iterator[WindowedValue | TimestampedValue[Event]]:
         shard, events = element
-        token, forgotten_before, timer_at = meta.read() or _EMPTY_META
+        token, forgotten_before, timer_at, seen_max = meta.read() or _EMPTY_META
         mirror = self._mirror(shard, token, ids_state)
         seen = mirror.ids
         mirror.token = -1  # invalid until the write below is queued (an exception leaves it invalid)
@@ -165,8 +184,11 @@ class _DedupShardFn(beam.DoFn):
             if timer_at is None or due < timer_at:
                 expiry.set(Timestamp(micros=due * 1000))
                 timer_at = due
+        if self._gates and passed:
+            seen_max = yield from self._gate(passed, seen_max)
+        if new_ids:
             token = _new_token()
-            meta.write((token, forgotten_before, timer_at))
+            meta.write((token, forgotten_before, timer_at, seen_max))
         mirror.token = token
         if len(passed) < len(events):
             self._duplicates.inc(len(events) - len(passed))
@@ -176,6 +198,37 @@ class _DedupShardFn(beam.DoFn):
         else:
             for event in passed:
                 yield TimestampedValue(event, Timestamp(micros=event.event_time_ms * 1000))
+
+    def _gate(self, passed: list[Event], seen: int | None) -> Generator[Any, None, int | None]:
+        """Judge the first deliveries of this batch by every gate, in their order, the shard's
+        highest event time moving with each (exactly as ``GateTooLateBatches`` would); returns it.
+
+        Yields each gate's admitted events as one :class:`EventBatch` and its refusals as dead
+        letters, on the gate's own outputs.
+        """
+        gates = self._gates
+        admitted = [EventBatch() for _ in gates]
+        refused: list[list[DeadLetter]] = [[] for _ in gates]
+        now_ms: int | None = None
+        for event in passed:
+            t = event.event_time_ms
+            if seen is None or t > seen:
+                seen = t
+            for i, gate in enumerate(gates):
+                if gate.refuses(t, seen):
+                    if now_ms is None:
+                        now_ms = int(self._clock() * 1000)
+                    refused[i].append(gate.dead_letter(event, seen, now_ms))
+                else:
+                    admitted[i].append(event)
+        for i, gate in enumerate(gates):
+            if admitted[i]:
+                yield TaggedOutput(admitted_tag(gate.kind), admitted[i])
+            if refused[i]:
+                self._too_late[i].inc(len(refused[i]))
+                for letter in refused[i]:
+                    yield TaggedOutput(too_late_tag(gate.kind), letter)
+        return seen
 
     @on_timer(_EXPIRY)
     def expire(
@@ -187,6 +240,7 @@ class _DedupShardFn(beam.DoFn):
         expiry: Any = _EXPIRY_PARAM,
     ) -> None:
         now_ms = int(fired_at.micros // 1000)  # the watermark has passed this
+        seen_max = (meta.read() or _EMPTY_META)[3]  # the gates' highest event time carries over
         keep_ids: list[str] = []
         keep_expiries: list[int] = []
         for batch_ids, expiries in ids_state.read():
@@ -201,7 +255,7 @@ class _DedupShardFn(beam.DoFn):
             timer_at = self._round_up(min(keep_expiries))
             expiry.set(Timestamp(micros=timer_at * 1000))
         token = _new_token()
-        meta.write((token, now_ms, timer_at))
+        meta.write((token, now_ms, timer_at, seen_max))
         self._mirrors[key] = _ShardMirror(token, dict(zip(keep_ids, keep_expiries, strict=True)))
 
 
@@ -212,26 +266,45 @@ class DeduplicateEvents(beam.PTransform[Any, Any]):
     windowing; an event's timestamp is its event time, as ``ParseEvents`` sets it). ``shards``:
     key shards of the dedup state (its parallelism). Counter ``duplicate_events`` in namespace
     ``streaming_analytics``.
+
+    ``gates``: late-data gates (:class:`~transforms.aggregates.LateGate`, one per aggregate kind)
+    applied here to the first deliveries, with the shard's highest event time kept in the same
+    state cell as the dedup bookkeeping. The output is then a tuple of PCollections: ``events``
+    (main), and per kind ``admitted_<kind>`` (:class:`EventBatch`\\ es for
+    ``WindowedAggregates(gated=True)``) and ``too_late_<kind>`` (dead letters, counted in
+    ``too_late_events.<kind>``). Why here: the gate needs keyed state, and on Prism every keyed
+    stage costs an event 0.5 to 1 s of early-pane latency; the dedup stage is keyed by the same
+    shards already. ``clock`` stamps the dead letters' ``failed_at_ms``.
     """
 
     def __init__(self, horizon_s: float = DEFAULT_HORIZON_S, label: str | None = None, *,
-                 shards: int = DEFAULT_SHARDS) -> None:
+                 shards: int = DEFAULT_SHARDS, gates: Sequence[LateGate] = (),
+                 clock: Callable[[], float] = time.time) -> None:
         super().__init__(label)
         if horizon_s <= 0:
             raise ValueError(f"horizon_s must be positive, got {horizon_s}")
         if shards < 1:
             raise ValueError(f"shards must be >= 1, got {shards}")
+        if len({g.kind for g in gates}) != len(gates):
+            raise ValueError("one gate per aggregate kind")
         self.horizon_s = horizon_s
         self.shards = shards
+        self.gates = tuple(gates)
+        self.clock = clock
 
-    def expand(self, events: PCollection[Any]) -> PCollection[Any]:
+    def expand(self, events: PCollection[Any]) -> Any:
         # As in ParseEvents: a TimestampedValue per event would cost a Timestamp object and a
         # WindowFn.assign() each; in the global window the DoFn attaches both itself.
         global_windows = isinstance(events.windowing.windowfn, GlobalWindows)
-        deduplicated: PCollection[Any] = (
-            events
-            | "BatchByIdShard" >> batch_by_shard(self.shards)
-            | "DropSeenIdsPerShard"
-            >> beam.ParDo(_DedupShardFn(self.horizon_s, global_windows)).with_output_types(Event)
-        )
-        return deduplicated
+        drop = beam.ParDo(_DedupShardFn(self.horizon_s, global_windows, self.gates, self.clock))
+        batched = events | "BatchByIdShard" >> batch_by_shard(self.shards)
+        if not self.gates:
+            deduplicated: PCollection[Any] = batched | "DropSeenIdsPerShard" >> drop.with_output_types(Event)
+            return deduplicated
+        tags = [t for g in self.gates for t in (admitted_tag(g.kind), too_late_tag(g.kind))]
+        outputs = batched | "DropSeenIdsPerShard" >> drop.with_outputs(*tags, main=EVENTS)
+        outputs[EVENTS].element_type = Event
+        for gate in self.gates:
+            # One orjson document per batch where a batch crosses a stage boundary (EventBatchCoder).
+            outputs[admitted_tag(gate.kind)].element_type = EventBatch
+        return outputs

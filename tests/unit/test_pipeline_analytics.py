@@ -27,7 +27,7 @@ pytestmark = pytest.mark.unit
 #: Batches span 50 s of event time in shuffled order, so the out-of-orderness bound is 50 s, as the
 #: Kafka source would be configured for such a stream.
 FLAGS = [
-    "--allowed_lateness_s=30", "--max_out_of_orderness_s=50", "--late_gate_shards=1",
+    "--allowed_lateness_s=30", "--max_out_of_orderness_s=50", "--dedup_shards=1",
     "--late_gate_margin_s=60", "--early_firing_delay_s=1", "--dedup_horizon_s=600",
 ]
 #: Batch step -> event time (s) of a late event sent after that batch: the watermark is at

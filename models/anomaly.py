@@ -6,10 +6,10 @@ MLP (a ``Normalization`` layer adapted on the training data, then two dense laye
 scores are in [0, 1], higher is more suspicious.
 
 Versions are files ``anomaly-v<N>.keras`` in one directory (``SA_MODEL_DIR``). The pipeline loads
-the newest at start and, while streaming, watches the directory and switches to a newer file
-without a restart (Beam's ``WatchFilePattern``). A version is written under a temporary name and
-renamed into place, so a watcher never sees half a file; a version number is never reused
-(``WatchFilePattern`` ignores a file name it has seen before).
+the newest at start and its workers switch to a newer one without a restart
+(:mod:`models.handler`). A version is written under a temporary name and renamed into place, so a
+worker never loads half a file; a version number is never reused or overwritten, so the number in
+an alert's ``model_version`` always names one model.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -42,11 +42,6 @@ def model_input(features: Sequence[float]) -> np.ndarray:
 
 def model_path(model_dir: str | os.PathLike[str], version: int) -> Path:
     return Path(model_dir) / f"{MODEL_PREFIX}{version}{MODEL_SUFFIX}"
-
-
-def model_pattern(model_dir: str | os.PathLike[str]) -> str:
-    """The glob every version of the model matches (what the pipeline watches)."""
-    return str(Path(model_dir) / f"{MODEL_PREFIX}*{MODEL_SUFFIX}")
 
 
 def version_of(path: str | os.PathLike[str]) -> int | None:
@@ -164,8 +159,3 @@ def ensure_model(model_dir: str | os.PathLike[str]) -> Path:
     path, _ = train(model_dir)
     return path
 
-
-def scores_of(model: Any, rows: Iterable[Sequence[float]]) -> list[float]:
-    """Scores of a loaded model for raw feature rows (a convenience for tests and tools)."""
-    batch = np.stack([model_input(r) for r in rows])
-    return [float(s) for s in np.asarray(model(batch)).reshape(-1)]

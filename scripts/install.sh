@@ -104,14 +104,20 @@ fi
 # --- 4. Beam's Prism runner ------------------------------------------------------------------------
 # The local streaming runner while Beam's Flink job-server jar is not served (docs/status.md).
 # Built from the Go module proxy; the Go build cache makes rebuilds quick.
-PRISM_VERSION="v$BEAM_VERSION"
-if ! stamp_ok prism "$PRISM_VERSION" || [[ ! -x "$TOOLS/bin/prism" ]]; then
-  GO="$(find_go)"
-  [[ -n "$GO" ]] || fail "go not found: Prism is built with the Go toolchain (install golang-go)"
-  say "building Beam's Prism runner $PRISM_VERSION from the Go module proxy (a few minutes the first time)"
-  GOBIN="$TOOLS/bin" GOFLAGS=-mod=mod "$GO" install "github.com/apache/beam/sdks/v2/go/cmd/prism@$PRISM_VERSION"
-  stamp_set prism "$PRISM_VERSION"
-fi
+# go_tool NAME VERSION PACKAGE DESCRIPTION: `go install PACKAGE@VERSION` into $TOOLS/bin/NAME,
+# once per version (stamped).
+go_tool() {
+  local name="$1" version="$2" package="$3" what="$4"
+  if stamp_ok "$name" "$version" && [[ -x "$TOOLS/bin/$name" ]]; then return 0; fi
+  local go
+  go="$(find_go)"
+  [[ -n "$go" ]] || fail "go not found: $what is built with the Go toolchain (install golang-go)"
+  say "building $what $version from the Go module proxy (a few minutes the first time)"
+  GOBIN="$TOOLS/bin" GOFLAGS=-mod=mod "$go" install "$package@$version"
+  stamp_set "$name" "$version"
+}
+
+go_tool prism "v$BEAM_VERSION" github.com/apache/beam/sdks/v2/go/cmd/prism "Beam's Prism runner"
 
 # --- 5. Java artifacts ----------------------------------------------------------------------------
 KAFKA_LIBS="$TOOLS/kafka-$KAFKA_VERSION/libs"
@@ -166,14 +172,7 @@ fi
 # --- 7. Kubernetes packaging tools: helm and promtool ---------------------------------------------
 # tests/unit/test_chart.py renders charts/streaming-analytics with helm (template, lint) and checks
 # its alert rules with promtool. helm is built from the Go module proxy, like Prism.
-HELM_VERSION="v3.22.0"
-if ! stamp_ok helm "$HELM_VERSION" || [[ ! -x "$TOOLS/bin/helm" ]]; then
-  GO="$(find_go)"
-  [[ -n "$GO" ]] || fail "go not found: helm is built with the Go toolchain (install golang-go)"
-  say "building helm $HELM_VERSION from the Go module proxy (a few minutes the first time)"
-  GOBIN="$TOOLS/bin" GOFLAGS=-mod=mod "$GO" install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
-  stamp_set helm "$HELM_VERSION"
-fi
+go_tool helm v3.22.0 helm.sh/helm/v3/cmd/helm helm
 
 # promtool alone: the binary is extracted from Debian's prometheus package, so no Prometheus server
 # is installed, enabled or started on a developer's machine.

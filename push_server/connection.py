@@ -152,7 +152,7 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.outbox.resume()
-        if self._close_frame_due is not None and not self.outbox.flush_pending():
+        if self._close_frame_due is not None and not len(self.outbox):
             reason, self._close_frame_due = self._close_frame_due, None
             self._send_close(reason)
 
@@ -323,7 +323,7 @@ class Connection(asyncio.Protocol):
         if self.hub_client is not None:
             self._node.hub.unregister(self.hub_client)  # nothing more is delivered
         self.outbox.close()
-        if self.outbox.flush_pending():
+        if len(self.outbox):  # frames still wait for the socket
             self._close_frame_due = reason  # sent by resume_writing once the backlog is out
             self._closing_since = time.monotonic()
         else:

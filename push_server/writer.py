@@ -65,14 +65,6 @@ class Outbox:
         """Frames waiting for the socket (0 while it keeps up)."""
         return 0 if self._backlog is None else len(self._backlog)
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def paused(self) -> bool:
-        return self._paused
-
     def offer(self, frame: str, *, force: bool = False, wire: bytes | None = None) -> bool:
         """Write ``frame`` (its wire bytes, if built) or queue it; never blocks.
 
@@ -136,10 +128,6 @@ class Outbox:
         if discard:
             self._backlog = None
         self._wake()
-
-    def flush_pending(self) -> bool:
-        """Whether queued frames still wait for the socket (a graceful close waits for them)."""
-        return bool(self._backlog)
 
     def _wake(self) -> None:
         room, self._room = self._room, None

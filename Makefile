@@ -5,7 +5,7 @@ STACK := $(PY) -m streaming_analytics.stack
 PACKAGES := streaming_analytics pipelines transforms models push_server
 
 .DEFAULT_GOAL := help
-.PHONY: help install run stop status logs test test-unit test-integration lint types check bench lock clean distclean
+.PHONY: help install run stop status logs test test-unit test-integration lint types check bench job-jar lock clean distclean
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ types: install  ## mypy (strict) on our packages
 	@.venv/bin/mypy
 
 check: lint types test  ## everything CI cares about
+
+job-jar: install  ## the portable Flink job jar a FlinkDeployment runs (var/job-jar/; docs/operations.md)
+	@$(PY) -m pipelines.job_jar $(if $(OUT),--output $(OUT))
 
 bench: install  ## benchmarks; results go to docs/benchmarks.md
 	@bash scripts/bench.sh

@@ -18,15 +18,21 @@ for that state.
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import FlinkRunnerOptions, PipelineOptions, StandardOptions
 from apache_beam.pvalue import PCollection
-from apache_beam.runners.runner import PipelineResult
+from apache_beam.runners.portability.flink_runner import FlinkRunner
+from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from models.anomaly import latest_model
+from pipelines.flink_job import deploy_jar
+from pipelines.flink_rest import FlinkRest
+from pipelines.job_jar import JobJarRunner
 from streaming_analytics.db.migrate import migrate
 from streaming_analytics.settings import Settings, worker_ref
 from streaming_analytics.streams import CHANNEL_ALERTS, CHANNEL_FIXED, CHANNEL_SLIDING
@@ -40,6 +46,7 @@ from transforms.dedup import (
     admitted_tag,
     too_late_tag,
 )
+from transforms.kafka_java_source import ReadFromKafkaJava
 from transforms.kafka_source import ReadFromKafka
 from transforms.parse import ParseEvents
 from transforms.scoring import DEFAULT_REFRESH_INTERVAL_S, DEFAULT_THRESHOLD, ScoreEvents
@@ -214,6 +221,29 @@ class IOOptions(PipelineOptions):
                             help="Do not apply the Postgres migrations before submitting the job.")
         parser.add_argument("--postgres_schema", default="public",
                             help="Postgres schema of the aggregates, alerts and dead-letter tables.")
+        parser.add_argument("--kafka_reader", default="auto", choices=["auto", "python", "java"],
+                            help="The Kafka read: `java` (KafkaIO as a native Flink source, through "
+                                 "the expansion service), `python` (transforms/kafka_source.py), "
+                                 "`auto`: java on Flink, python elsewhere.")
+        parser.add_argument("--kafka_expansion_service", default=None,
+                            help="host:port of the expansion service of the Java Kafka read "
+                                 "(default: SA_BEAM_EXPANSION_SERVICE).")
+
+
+class LaunchOptions(PipelineOptions):
+    """What the launcher does with a job on Flink: write its portable job jar, or submit it."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: beam.options.pipeline_options._BeamArgumentParser) -> None:
+        parser.add_argument("--job_jar", default=None,
+                            help="Flink: write the portable job jar here and stop (do not submit). "
+                                 "Without it the launcher writes a temporary jar and submits it to "
+                                 "--flink_master through the REST API.")
+        parser.add_argument("--restore_from", default=None,
+                            help="Flink: start the job from this savepoint or retained checkpoint.")
+        parser.add_argument("--allow_non_restored_state", action="store_true", default=False,
+                            help="Flink: accept savepoint state no operator of this job claims (it is "
+                                 "dropped). Off by default: a renamed stateful step must fail loudly.")
 
 
 def build_job(p: beam.Pipeline, settings: Settings) -> AnalyticsOutputs:
@@ -244,12 +274,21 @@ def build_job(p: beam.Pipeline, settings: Settings) -> AnalyticsOutputs:
                 "`python -m models.train` (make run does it) or pass --model_uri")
         opts.model_uri = str(newest)
     idle = io.kafka_idle_timeout_s if io.kafka_idle_timeout_s > 0 else None
-    records = p | READ_LABEL >> ReadFromKafka(
-        bootstrap=bootstrap, topic=settings.topic_events, group_id=settings.consumer_group,
-        start=io.kafka_start, max_out_of_orderness_ms=int(opts.max_out_of_orderness_s * 1000),
-        idle_timeout_s=idle, bounded=opts.bounded,
-        max_records_per_bundle=io.kafka_max_records_per_bundle, max_read_time_s=io.kafka_max_read_time_s,
-    )
+    ooo_ms = int(opts.max_out_of_orderness_s * 1000)
+    if kafka_reader(options) == "java":
+        if opts.bounded:
+            raise ValueError("--bounded needs the Python Kafka read (--kafka_reader=python)")
+        read: beam.PTransform[Any, Any] = ReadFromKafkaJava(
+            expansion_service=io.kafka_expansion_service or settings.beam_expansion_service,
+            bootstrap=bootstrap, topic=settings.topic_events, group_id=settings.consumer_group,
+            start=io.kafka_start, max_out_of_orderness_ms=ooo_ms, idle_timeout_s=idle)
+    else:
+        read = ReadFromKafka(
+            bootstrap=bootstrap, topic=settings.topic_events, group_id=settings.consumer_group,
+            start=io.kafka_start, max_out_of_orderness_ms=ooo_ms, idle_timeout_s=idle, bounded=opts.bounded,
+            max_records_per_bundle=io.kafka_max_records_per_bundle,
+            max_read_time_s=io.kafka_max_read_time_s)
+    records = p | READ_LABEL >> read
     out = build_pipeline(p, records, options)
     schema = io.postgres_schema
 
@@ -282,6 +321,8 @@ def run(argv: list[str] | None = None, *, settings: Settings | None = None,
     if not options.view_as(AnalyticsOptions).bounded:
         options.view_as(StandardOptions).streaming = True  # an unbounded source needs streaming mode
     io = options.view_as(IOOptions)
+    if on_flink(options):
+        return _run_on_flink(options, settings, wait)
     if not io.skip_migrations:
         migrate(settings.postgres_dsn, schema=io.postgres_schema)
     p = beam.Pipeline(options=options)
@@ -290,6 +331,58 @@ def run(argv: list[str] | None = None, *, settings: Settings | None = None,
     if wait:
         result.wait_until_finish()
     return result
+
+
+def on_flink(options: PipelineOptions) -> bool:
+    return str(options.view_as(StandardOptions).runner or "").lower() in {"flinkrunner", "flink"}
+
+
+def kafka_reader(options: PipelineOptions) -> str:
+    """``python`` or ``java``: the Kafka read of this job (``--kafka_reader``, ``auto`` by runner)."""
+    chosen = str(options.view_as(IOOptions).kafka_reader)
+    if chosen == "auto":
+        return "java" if on_flink(options) else "python"
+    return chosen
+
+
+def _run_on_flink(options: PipelineOptions, settings: Settings, wait: bool) -> PipelineResult:
+    """Write the portable job jar; with ``--job_jar`` stop there, else submit it (REST) and return
+    the running job. With ``wait`` block until it ends (streaming jobs end when cancelled)."""
+    io = options.view_as(IOOptions)
+    launch = options.view_as(LaunchOptions)
+    if launch.job_jar:
+        jar = Path(launch.job_jar)
+        _write_job_jar(options, settings, jar)
+        return JobJarWritten(jar)
+    if not io.skip_migrations:
+        migrate(settings.postgres_dsn, schema=io.postgres_schema)
+    with tempfile.TemporaryDirectory(prefix="sa-job-jar-") as tmp:
+        jar = Path(tmp) / "job.jar"
+        _write_job_jar(options, settings, jar)
+        master = options.view_as(FlinkRunnerOptions).flink_master or settings.flink_rest_url
+        result = deploy_jar(FlinkRest(FlinkRunner.add_http_scheme(master)), jar,
+                            savepoint=launch.restore_from,
+                            allow_non_restored_state=launch.allow_non_restored_state)
+    if wait:
+        result.wait_until_finish()
+    return result
+
+
+def _write_job_jar(options: PipelineOptions, settings: Settings, jar: Path) -> None:
+    p = beam.Pipeline(runner=JobJarRunner(jar), options=options)
+    build_job(p, settings)
+    p.run().wait_until_finish()  # the jar is complete only once this returns
+
+
+class JobJarWritten(PipelineResult):
+    """The "result" of ``--job_jar``: the jar exists, nothing runs."""
+
+    def __init__(self, jar: Path) -> None:
+        super().__init__(PipelineState.DONE)
+        self.jar = jar
+
+    def wait_until_finish(self, duration: float | None = None) -> Any:
+        return PipelineState.DONE
 
 
 def main(argv: list[str] | None = None) -> int:

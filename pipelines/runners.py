@@ -1,27 +1,32 @@
 """Pipeline options for the runners this project runs the job on, in one place.
 
-* ``prism`` — Beam's portable local runner, built by ``make install`` into ``.local/bin/prism``.
-  It runs the job in streaming mode with the Python SDK harness in the launching process
-  (LOOPBACK). This is what ``make run`` uses while Beam's Flink job-server jar is not served to us
-  (docs/status.md).
+* ``flink`` — what ``make run`` uses and production runs: Beam's portable Flink runner (1.19,
+  2.62, shaded by ``make install`` into ``.local/jars``) on the local Flink 1.19 session cluster.
+  The launcher writes the portable job jar and submits it through Flink's REST API
+  (``pipelines/job_jar.py``, ``pipelines/flink_job.py``); the job outlives the launcher. Python
+  workers come from the stack's worker pool (EXTERNAL environment, ``SA_BEAM_WORKER_POOL``), the
+  Kafka read is Java KafkaIO as a native Flink source (``transforms/kafka_java_source.py``, built
+  by the expansion service at ``SA_BEAM_EXPANSION_SERVICE``).
+* ``prism`` — Beam's portable local runner, built by ``make install`` into ``.local/bin/prism``,
+  with the Python SDK harness in the launching process (LOOPBACK).
 * ``direct`` — the DirectRunner; batch (``--bounded``) runs and TestStream tests.
-* ``flink`` — Beam's portable Flink runner against the local session cluster. It needs
-  ``.local/jars/beam-runners-flink-2.2-job-server-<beam version>.jar``; :func:`runner_args` says
-  clearly when that jar is missing instead of letting Beam try to download it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Final
-from urllib.parse import urlsplit
-
-import apache_beam
 
 from streaming_analytics.settings import Settings
 
-RUNNERS: Final = ("prism", "direct", "flink")
-FLINK_JOB_SERVER: Final = f"beam-runners-flink-2.2-job-server-{apache_beam.__version__}.jar"
+RUNNERS: Final = ("flink", "prism", "direct")
+#: Built by `make install` (tools/java/flink-runner, Flink 1.19, Beam 2.62): Beam's Flink runner with
+#: our Kafka read and the loopback expansion service (the base of every job jar), and the same
+#: classes for Flink's lib/ (minus what Flink's own lib/ holds).
+FLINK_RUNNER_JAR: Final = "sa-beam-flink-1.19-2.62.0.jar"
+FLINK_LIB_JAR: Final = "sa-beam-flink-lib-1.19-2.62.0.jar"
+#: Main class of our expansion service (binds loopback; Beam's stock one binds every interface).
+EXPANSION_SERVER_MAIN: Final = "org.streaminganalytics.flink.LoopbackExpansionServer"
 
 
 class RunnerUnavailable(RuntimeError):
@@ -42,13 +47,34 @@ def runner_args(runner: str, settings: Settings) -> list[str]:
     if runner == "direct":
         return ["--runner=DirectRunner"]
     if runner == "flink":
-        jar = tools / "jars" / FLINK_JOB_SERVER
+        jar = flink_runner_jar(settings)
         if not jar.exists():
-            raise RunnerUnavailable(
-                f"{jar} missing: Beam's Flink job-server jar is not served by the Maven registry this "
-                "machine reaches (docs/status.md); use SA_PIPELINE_RUNNER=prism")
-        rest = urlsplit(settings.flink_rest_url)
-        return ["--runner=FlinkRunner", f"--flink_master={rest.hostname}:{rest.port}",
-                f"--flink_job_server_jar={jar}", "--environment_type=LOOPBACK", "--streaming",
-                "--checkpointing_interval=10000"]
+            raise RunnerUnavailable(f"{jar} missing: run `make install` (it builds Beam's Flink runner)")
+        return ["--runner=FlinkRunner", f"--flink_master={settings.flink_rest_url}",
+                f"--flink_job_server_jar={jar}", "--environment_type=EXTERNAL",
+                f"--environment_config={settings.beam_worker_pool}", "--streaming",
+                f"--checkpointing_interval={settings.flink_checkpoint_interval_s * 1000}",
+                # A bundle open while a checkpoint barrier arrives can stall the checkpoint (seen with
+                # one-shot stages); finishing it first keeps checkpoints short and regular.
+                "--finish_bundle_before_checkpointing",
+                # Keep externalized checkpoints on cancel: the last resort for a restore.
+                "--externalized_checkpoints_enabled", "--retain_externalized_checkpoints_on_cancellation",
+                f"--kafka_expansion_service={settings.beam_expansion_service}"]
     raise RunnerUnavailable(f"unknown runner {runner!r}; known: {', '.join(RUNNERS)}")
+
+
+def flink_runner_jar(settings: Settings) -> Path:
+    """Beam's Flink runner jar that ``make install`` builds (the base of every job jar)."""
+    return Path(settings.tools_dir) / "jars" / FLINK_RUNNER_JAR
+
+
+def expansion_service_argv(java: str, tools_dir: Path, port: int) -> list[str]:
+    """The command of the expansion service for the job's Java Kafka read on ``127.0.0.1:port``.
+
+    EMBEDDED: the expanded KafkaIO runs inside the TaskManager JVM (no Java SDK container);
+    ``use_deprecated_read`` must reach the expansion's own options, so that KafkaIO expands to a
+    ``Read.Unbounded`` that the Flink runner turns into a native source (not a Java SDF).
+    """
+    jar = Path(tools_dir) / "jars" / FLINK_RUNNER_JAR
+    return [java, "-Xmx512m", "-cp", str(jar), EXPANSION_SERVER_MAIN, str(port),
+            "--defaultEnvironmentType=EMBEDDED", "--experiments=use_deprecated_read"]

@@ -7,11 +7,12 @@
 #   1. Debian packages, only those whose command is missing (redis-server, PostgreSQL, kcat, npm,
 #      chromium, ...)
 #   2. the Python venv (.venv) with the pinned dependencies of requirements/constraints.txt
-#   3. a Flink distribution unpacked from the apache-flink wheels into .local/flink (NOT the venv:
-#      PyFlink pins an old apache-beam)
-#   4. Beam's Prism runner, built from the Go module proxy (the local streaming runner)
-#   5. Java artifacts from Maven Central: the Kafka broker's classpath, and Beam's Flink
-#      job-server jar when the registry serves it
+#   3. a Flink 1.19 distribution unpacked from the apache-flink wheels into .local/flink (NOT the
+#      venv: PyFlink pins an old apache-beam)
+#   4. Beam's Prism runner, built from the Go module proxy (a second local streaming runner)
+#   5. Java artifacts from Maven Central: the Kafka broker's classpath, and Beam's Flink 1.19
+#      runner with our Kafka read and expansion service, shaded into .local/jars by
+#      tools/java/flink-runner (scripts/install-flink-runner.sh)
 #   6. the dashboard's front-end packages (npm ci), copied into the push server's static files
 #   7. the Kubernetes packaging tools the chart tests use: helm (built from the Go module proxy) and
 #      promtool (taken out of Debian's prometheus package, which is not installed)
@@ -35,9 +36,10 @@ if [[ -z "${PYTHON:-}" ]]; then
   done
 fi
 VENV="$ROOT/.venv"
-FLINK_VERSION="2.2.1"
+# Flink's minor version must match Beam's Flink runner: the newest runner served here is for 1.19
+# (../shared/STACK-NOTES.md, "Beam on Flink"); tools/java/flink-runner pins the runner itself.
+FLINK_VERSION="1.19.3"
 BEAM_VERSION="2.77.0"
-FLINK_RUNNER_MINOR="2.2"
 KAFKA_VERSION="4.1.1"
 
 # --- 1. Debian packages --------------------------------------------------------------------------
@@ -96,14 +98,18 @@ if ! stamp_ok flink "$FLINK_VERSION" || [[ ! -x "$FLINK_DIR/pyflink/bin/jobmanag
   rm -rf "$FLINK_DIR"
   "$VENV/bin/pip" install -q --no-deps --target "$FLINK_DIR" \
     "apache-flink==$FLINK_VERSION" "apache-flink-libraries==$FLINK_VERSION"
-  chmod +x "$FLINK_DIR"/pyflink/bin/*.sh "$FLINK_DIR"/pyflink/bin/flink
+  chmod +x "$FLINK_DIR"/pyflink/bin/*
   ln -sfn "flink-$FLINK_VERSION/pyflink" "$TOOLS/flink"
   stamp_set flink "$FLINK_VERSION"
 fi
+# Distributions of earlier checkouts (Flink 2.2 before the runner existed) only take disk space.
+for old in "$TOOLS"/flink-*; do
+  [[ "$old" == "$FLINK_DIR" || ! -d "$old" ]] || rm -rf "$old"
+done
 
 # --- 4. Beam's Prism runner ------------------------------------------------------------------------
-# The local streaming runner while Beam's Flink job-server jar is not served (docs/status.md).
-# Built from the Go module proxy; the Go build cache makes rebuilds quick.
+# A second local streaming runner (SA_PIPELINE_RUNNER=prism). Built from the Go module proxy; the Go
+# build cache makes rebuilds quick.
 # go_tool NAME VERSION PACKAGE DESCRIPTION: `go install PACKAGE@VERSION` into $TOOLS/bin/NAME,
 # once per version (stamped).
 go_tool() {
@@ -134,21 +140,9 @@ if ! stamp_ok kafka "$kafka_hash" || [[ ! -d "$KAFKA_LIBS" ]]; then
   stamp_set kafka "$kafka_hash"
 fi
 
-JOB_SERVER="beam-runners-flink-$FLINK_RUNNER_MINOR-job-server"
-JOB_SERVER_JAR="$TOOLS/jars/$JOB_SERVER-$BEAM_VERSION.jar"
-# A refusal is remembered (delete .local/stamps/job-server-missing to ask the registry again).
-if [[ ! -f "$JOB_SERVER_JAR" ]] && ! stamp_ok job-server-missing "$BEAM_VERSION"; then
-  mkdir -p "$TOOLS/jars"
-  if mvn -q -B dependency:copy -Dartifact="org.apache.beam:$JOB_SERVER:$BEAM_VERSION" \
-       -DoutputDirectory="$TOOLS/jars" >/dev/null 2>&1; then
-    say "fetched $JOB_SERVER $BEAM_VERSION"
-  else
-    # Not fatal: every other part of the platform works without it. docs/operations.md explains.
-    say "note: Maven Central does not serve org.apache.beam:$JOB_SERVER:$BEAM_VERSION here;" \
-        "the Flink-runner path is unavailable until it does (see docs/operations.md)"
-    stamp_set job-server-missing "$BEAM_VERSION"
-  fi
-fi
+# Beam's Flink runner, our Kafka read and the expansion service, and the lib jar for Flink's lib/.
+# shellcheck source=scripts/install-flink-runner.sh
+source "$ROOT/scripts/install-flink-runner.sh"
 
 # --- 6. Push server dashboard: front-end packages from the npm registry ---------------------------
 # The dashboard (push_server/static/dashboard) loads its chart library from the push server itself,

@@ -67,9 +67,16 @@ VARIABLES: dict[str, Variable] = {
         # --- Flink ---------------------------------------------------------------------------
         _v("SA_FLINK_REST_URL", "http://127.0.0.1:8081", "Flink JobManager REST endpoint."),
         _v("SA_FLINK_TASK_SLOTS", "2", "Task slots of the local TaskManager."),
+        _v("SA_FLINK_CHECKPOINT_INTERVAL_S", "10",
+           "Checkpoint interval of the job on Flink, in seconds (offsets are committed per checkpoint)."),
+        _v("SA_BEAM_WORKER_POOL", "127.0.0.1:50000",
+           "Python SDK worker pool (EXTERNAL environment) the Flink TaskManager starts workers from."),
+        _v("SA_BEAM_EXPANSION_SERVICE", "127.0.0.1:8097",
+           "Beam expansion service of the Java Kafka read (cross-language), used when the job is built."),
         # --- pipeline ------------------------------------------------------------------------
-        _v("SA_PIPELINE_RUNNER", "prism",
-           "Runner of the streaming job under `make run`: `prism` (local), `flink` or `direct`."),
+        _v("SA_PIPELINE_RUNNER", "flink",
+           "Runner of the streaming job under `make run`: `flink` (the local session cluster), `prism` "
+           "or `direct`."),
         _v("SA_PIPELINE_ARGS", "",
            "Extra Beam/pipeline options for the job under `make run`, e.g. `--fixed_window_s=30`."),
         # --- push server ---------------------------------------------------------------------
@@ -181,6 +188,9 @@ class Settings:
     redis_stream_maxlen: int
     flink_rest_url: str
     flink_task_slots: int
+    flink_checkpoint_interval_s: int
+    beam_worker_pool: str
+    beam_expansion_service: str
     push_host: str
     push_port: int
     jwt_algorithms: tuple[str, ...]
@@ -227,6 +237,9 @@ class Settings:
             redis_stream_maxlen=_positive_int(v, "SA_REDIS_STREAM_MAXLEN"),
             flink_rest_url=v["SA_FLINK_REST_URL"].rstrip("/"),
             flink_task_slots=_positive_int(v, "SA_FLINK_TASK_SLOTS"),
+            flink_checkpoint_interval_s=_positive_int(v, "SA_FLINK_CHECKPOINT_INTERVAL_S"),
+            beam_worker_pool=v["SA_BEAM_WORKER_POOL"],
+            beam_expansion_service=v["SA_BEAM_EXPANSION_SERVICE"],
             push_host=v["SA_PUSH_HOST"],
             push_port=_positive_int(v, "SA_PUSH_PORT"),
             jwt_algorithms=tuple(a.strip() for a in v["SA_JWT_ALGORITHMS"].split(",") if a.strip()),

@@ -373,7 +373,12 @@ class Redis(Component):
 
 # --------------------------------------------------------------------------------------------------
 class Flink(Component):
-    """A Flink session cluster: one JobManager and one TaskManager, every address on loopback."""
+    """A Flink 1.19 session cluster: one JobManager and one TaskManager, every address on loopback.
+
+    Its lib/ is the distribution's plus Beam's Flink runner and Kafka classes (the lib jar that
+    ``make install`` builds), loaded parent-first: a job jar then brings only its pipeline, and
+    the TaskManager does not leak a copy of the runner's classes (~52 MB of metaspace) per job.
+    """
 
     name = "flink"
     start_timeout_s = 120.0
@@ -387,6 +392,11 @@ class Flink(Component):
         blob_port = ctx.port("flink-blob", 6124)
         tm_rpc_port = ctx.port("flink-tm-rpc", 6125)
         tm_data_port = ctx.port("flink-tm-data", 6126)
+        from pipelines.runners import FLINK_LIB_JAR
+
+        lib_jar = ctx.tools_dir / "jars" / FLINK_LIB_JAR
+        if not lib_jar.exists():
+            raise ComponentError(f"{lib_jar} missing: run `make install` (it builds Beam's Flink runner)")
         data = ctx.data_dir("flink")
         conf = data / "conf"
         if conf.exists():
@@ -395,24 +405,57 @@ class Flink(Component):
         (conf / "config.yaml").write_text(json.dumps(_flink_config(
             rest_port=rest_port, rpc_port=rpc_port, blob_port=blob_port, tm_rpc_port=tm_rpc_port,
             tm_data_port=tm_data_port, slots=int(ctx.setting("SA_FLINK_TASK_SLOTS")), data=data,
-        ), indent=2))  # JSON is YAML: Flink 2's standard YAML parser reads it
+        ), indent=2))  # JSON is YAML: Flink's standard YAML parser (config.yaml) reads it
+        lib = data / "lib"
+        if lib.exists():
+            shutil.rmtree(lib)
+        lib.mkdir()
+        for jar in [*sorted((home / "lib").glob("*.jar")), lib_jar]:
+            (lib / jar.name).symlink_to(jar.resolve())
         ctx.endpoints["SA_FLINK_REST_URL"] = f"http://{LOOPBACK}:{rest_port}"
-        logs = ctx.stack_dir / "logs" / "flink"
-        logs.mkdir(parents=True, exist_ok=True)
-        env = {"FLINK_HOME": str(home.resolve()), "FLINK_CONF_DIR": str(conf), "FLINK_LOG_DIR": str(logs)}
-        return [
-            ProcessSpec("flink-jobmanager", [str(home / "bin" / "jobmanager.sh"), "start-foreground"],
-                        env=env, stop_timeout_s=30),
-            ProcessSpec("flink-taskmanager", [str(home / "bin" / "taskmanager.sh"), "start-foreground"],
-                        env=env, stop_timeout_s=30),
-        ]
+        return [ProcessSpec("flink-jobmanager", [str(home / "bin" / "jobmanager.sh"), "start-foreground"],
+                            env=flink_env(ctx), stop_timeout_s=30)]
+
+    def healthy(self, ctx: StackContext) -> bool:
+        flink_overview(ctx.endpoints["SA_FLINK_REST_URL"])
+        return True
+
+    def urls(self, ctx: StackContext) -> dict[str, str]:
+        return {"Flink web UI": ctx.endpoints["SA_FLINK_REST_URL"]}
+
+
+class FlinkTaskManager(Component):
+    """The session cluster's TaskManager, a component of its own so that fault tests can kill it
+    (SIGKILL) and bring a new one up while the JobManager keeps the job."""
+
+    name = "flink-taskmanager"
+    depends_on = ("flink",)
+    start_timeout_s = 120.0
+
+    def prepare(self, ctx: StackContext) -> list[ProcessSpec]:
+        home = ctx.tools_dir / "flink"
+        return [ProcessSpec("flink-taskmanager", [str(home / "bin" / "taskmanager.sh"), "start-foreground"],
+                            env=flink_env(ctx), stop_timeout_s=30)]
 
     def healthy(self, ctx: StackContext) -> bool:
         overview = flink_overview(ctx.endpoints["SA_FLINK_REST_URL"])
         return int(str(overview.get("taskmanagers", 0))) >= 1
 
-    def urls(self, ctx: StackContext) -> dict[str, str]:
-        return {"Flink web UI": ctx.endpoints["SA_FLINK_REST_URL"]}
+
+def flink_env(ctx: StackContext) -> dict[str, str]:
+    """Environment of Flink's scripts for this stack (the conf and lib dirs the JobManager's
+    component wrote)."""
+    return flink_cli_env(ctx.stack_dir, ctx.tools_dir)
+
+
+def flink_cli_env(stack_dir: Path, tools_dir: Path) -> dict[str, str]:
+    """Environment for Flink's scripts and its ``flink`` CLI (``.local/flink/bin/flink``) to talk to
+    the stack in ``stack_dir``: the stack's conf (REST address) and lib dirs."""
+    data = stack_dir / "data" / "flink"
+    logs = stack_dir / "logs" / "flink"
+    logs.mkdir(parents=True, exist_ok=True)
+    return {"FLINK_HOME": str((tools_dir / "flink").resolve()), "FLINK_CONF_DIR": str(data / "conf"),
+            "FLINK_LOG_DIR": str(logs), "FLINK_LIB_DIR": str(data / "lib")}
 
 
 def flink_overview(rest_url: str) -> dict[str, object]:
@@ -424,35 +467,102 @@ def flink_overview(rest_url: str) -> dict[str, object]:
 
 def _flink_config(*, rest_port: int, rpc_port: int, blob_port: int, tm_rpc_port: int, tm_data_port: int,
                   slots: int, data: Path) -> dict[str, object]:
-    # Sized for a 2-core, 24 GiB machine: the Python SDK harness runs outside the TaskManager JVM.
+    # Sized for a 2-core, 24 GiB machine: the Python SDK harness runs outside the TaskManager JVM
+    # (in the worker pool's processes); the Kafka read and the Beam runner run inside it.
     return {
         "jobmanager.rpc.address": LOOPBACK,
         "jobmanager.rpc.port": rpc_port,
         "jobmanager.bind-host": LOOPBACK,
-        "jobmanager.memory.process.size": "1024m",
+        "jobmanager.memory.process.size": "1200m",
         "taskmanager.host": LOOPBACK,
         "taskmanager.bind-host": LOOPBACK,
         "taskmanager.rpc.port": tm_rpc_port,
         "taskmanager.data.port": tm_data_port,
         "taskmanager.numberOfTaskSlots": slots,
-        "taskmanager.memory.process.size": "2048m",
+        "taskmanager.memory.process.size": "3000m",
+        "taskmanager.memory.jvm-metaspace.size": "512m",
         "rest.address": LOOPBACK,
         "rest.bind-address": LOOPBACK,
         "rest.port": rest_port,
         "blob.server.port": blob_port,
         "parallelism.default": slots,
+        # Beam's runner and KafkaIO live in lib/ (see the class docstring): load them from there.
+        "classloader.resolve-order": "parent-first",
         "state.backend.type": "hashmap",
-        "execution.checkpointing.dir": f"file://{data / 'checkpoints'}",
-        "execution.checkpointing.savepoint-dir": f"file://{data / 'savepoints'}",
-        "execution.checkpointing.interval": "10s",
+        "state.checkpoints.dir": f"file://{data / 'checkpoints'}",
+        "state.savepoints.dir": f"file://{data / 'savepoints'}",
+        "state.checkpoints.num-retained": 3,
         "execution.checkpointing.mode": "EXACTLY_ONCE",
         "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
-        "execution.checkpointing.num-retained": 3,
         "restart-strategy.type": "exponential-delay",
+        # A TaskManager killed without a goodbye is noticed within seconds, not the default 50 s.
+        "heartbeat.timeout": 15000,
+        # Uploaded jars, blobs and temp files stay in the stack's data dir (make clean removes them).
+        "web.upload.dir": str(data / "upload"),
+        "blob.storage.directory": str(data / "blobs"),
+        "io.tmp.dirs": str(data / "tmp"),
         "metrics.internal.query-service.port": "0",
         "web.submit.enable": True,
         "web.cancel.enable": True,
     }
+
+
+class BeamWorkerPool(Component):
+    """The Python SDK worker pool the TaskManager starts the job's Python workers from (EXTERNAL
+    environment; ``pipelines/worker_pool.py``), on loopback. Its workers see this stack's endpoints."""
+
+    name = "worker-pool"
+    start_timeout_s = 60.0
+
+    def prepare(self, ctx: StackContext) -> list[ProcessSpec]:
+        port = ctx.port("worker-pool", int(ctx.setting("SA_BEAM_WORKER_POOL").rsplit(":", 1)[1]))
+        ctx.endpoints["SA_BEAM_WORKER_POOL"] = f"{LOOPBACK}:{port}"
+        argv = [sys.executable, "-m", "pipelines.worker_pool", "--host", LOOPBACK, "--port", str(port),
+                "--work-dir", str(ctx.data_dir("worker-pool"))]
+        return [ProcessSpec("worker-pool", argv, env=_child_env(ctx), stop_timeout_s=20)]
+
+    def healthy(self, ctx: StackContext) -> bool:
+        return _grpc_ready(ctx.endpoints["SA_BEAM_WORKER_POOL"])
+
+    def urls(self, ctx: StackContext) -> dict[str, str]:
+        return {"Beam worker pool": ctx.endpoints["SA_BEAM_WORKER_POOL"]}
+
+
+class ExpansionService(Component):
+    """Beam's expansion service for the job's Java Kafka read (cross-language), on loopback.
+
+    Only the launcher talks to it, while it builds the job; the expanded KafkaIO runs inside the
+    TaskManager (EMBEDDED environment) as a native Flink source (``use_deprecated_read``).
+    """
+
+    name = "expansion-service"
+    start_timeout_s = 90.0
+
+    def prepare(self, ctx: StackContext) -> list[ProcessSpec]:
+        from pipelines.runners import FLINK_RUNNER_JAR, expansion_service_argv
+
+        jar = ctx.tools_dir / "jars" / FLINK_RUNNER_JAR
+        if not jar.exists():
+            raise ComponentError(f"{jar} missing: run `make install` (it builds Beam's Flink runner)")
+        port = ctx.port("expansion-service",
+                        int(ctx.setting("SA_BEAM_EXPANSION_SERVICE").rsplit(":", 1)[1]))
+        ctx.endpoints["SA_BEAM_EXPANSION_SERVICE"] = f"{LOOPBACK}:{port}"
+        argv = expansion_service_argv(_java(), ctx.tools_dir, port)
+        return [ProcessSpec("expansion-service", argv, stop_timeout_s=10)]
+
+    def healthy(self, ctx: StackContext) -> bool:
+        return _grpc_ready(ctx.endpoints["SA_BEAM_EXPANSION_SERVICE"])
+
+
+def _grpc_ready(address: str, timeout_s: float = 2.0) -> bool:
+    import grpc
+
+    with grpc.insecure_channel(address) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=timeout_s)
+        except grpc.FutureTimeoutError:
+            return False
+        return True
 
 
 # --------------------------------------------------------------------------------------------------
@@ -491,8 +601,8 @@ class Pipeline(Component):
 
     name = "pipeline"
     profile = "app"
-    depends_on = ("kafka", "postgres", "redis")
-    start_timeout_s = 120.0
+    depends_on = ("kafka", "postgres", "redis", "flink-taskmanager", "worker-pool", "expansion-service")
+    start_timeout_s = 300.0
 
     def prepare(self, ctx: StackContext) -> list[ProcessSpec]:
         import shlex
@@ -509,11 +619,30 @@ class Pipeline(Component):
         subprocess.run([sys.executable, "-m", "models.train", "--if-missing",
                         "--model-dir", str(settings.model_dir)],
                        env={**os.environ, **_child_env(ctx)}, check=True, capture_output=True)
-        argv = [sys.executable, "-m", "pipelines.analytics_pipeline", *runner,
-                *shlex.split(ctx.setting("SA_PIPELINE_ARGS"))]
+        job_args = [*runner, *shlex.split(ctx.setting("SA_PIPELINE_ARGS"))]
+        if self._on_flink(ctx):
+            # The job runs on the cluster; this process follows it and, on `make stop`, takes the
+            # savepoint the next `make run` resumes from (pipelines/flink_job.py).
+            state = ctx.data_dir("pipeline")
+            (state / "job.json").unlink(missing_ok=True)
+            argv = [sys.executable, "-m", "pipelines.flink_job", "--state-dir", str(state), "--", *job_args]
+            return [ProcessSpec("pipeline", argv, env=_child_env(ctx), stop_timeout_s=180)]
+        argv = [sys.executable, "-m", "pipelines.analytics_pipeline", *job_args]
         return [ProcessSpec("pipeline", argv, env=_child_env(ctx), stop_timeout_s=30)]
 
+    @staticmethod
+    def _on_flink(ctx: StackContext) -> bool:
+        return ctx.setting("SA_PIPELINE_RUNNER") == "flink"
+
     def healthy(self, ctx: StackContext) -> bool:
+        if self._on_flink(ctx):
+            job = ctx.data_dir("pipeline") / "job.json"
+            if not job.exists():
+                return False
+            job_id = json.loads(job.read_text())["job_id"]
+            url = f"{ctx.endpoints['SA_FLINK_REST_URL']}/jobs/{job_id}"
+            with urllib.request.urlopen(url, timeout=3) as resp:  # noqa: S310 - our URL
+                return bool(json.load(resp)["state"] == "RUNNING")
         import psycopg2
 
         # The launcher applies the migrations right before it submits the job.
@@ -525,9 +654,37 @@ class Pipeline(Component):
 
     def urls(self, ctx: StackContext) -> dict[str, str]:
         prefix = ctx.setting("SA_REDIS_STREAM_PREFIX")
-        return {"Pipeline": f"runner {ctx.setting('SA_PIPELINE_RUNNER')}; PostgreSQL tables `aggregates`, "
+        urls = {"Pipeline": f"runner {ctx.setting('SA_PIPELINE_RUNNER')}; PostgreSQL tables `aggregates`, "
                             f"`alerts`, `dead_letters`; Redis streams `{prefix}aggregates.*`, "
                             f"`{prefix}alerts`; model versions in {ctx.setting('SA_MODEL_DIR')}"}
+        if self._on_flink(ctx):
+            urls["Flink job"] = self._flink_job_status(ctx)
+        return urls
+
+    def _flink_job_status(self, ctx: StackContext) -> str:
+        """``job <id> RUNNING, last checkpoint #12 at 10:04:05 (183 KB), 0 failed`` (make status)."""
+        import time
+
+        job = ctx.data_dir("pipeline") / "job.json"
+        if not job.exists():
+            return "not submitted yet"
+        job_id = json.loads(job.read_text())["job_id"]
+        rest = ctx.endpoints["SA_FLINK_REST_URL"]
+        try:
+            with urllib.request.urlopen(f"{rest}/jobs/{job_id}", timeout=3) as resp:  # noqa: S310
+                state = json.load(resp)["state"]
+            with urllib.request.urlopen(f"{rest}/jobs/{job_id}/checkpoints", timeout=3) as resp:  # noqa: S310
+                checkpoints = json.load(resp)
+        except OSError as exc:
+            return f"job {job_id}: Flink unreachable ({exc})"
+        latest = (checkpoints.get("latest") or {}).get("completed")
+        failed = checkpoints.get("counts", {}).get("failed", 0)
+        if not latest:
+            return f"job {job_id} {state}, no checkpoint yet, {failed} failed; {rest}/#/job/running/{job_id}"
+        at = time.strftime("%H:%M:%S", time.localtime(latest["latest_ack_timestamp"] / 1000))
+        size_kb = latest.get("checkpointed_size", latest.get("state_size", 0)) / 1000
+        return (f"job {job_id} {state}, last checkpoint #{latest['id']} at {at} ({size_kb:.0f} KB), "
+                f"{failed} failed; {rest}/#/job/running/{job_id}")
 
 
 class PushServer(Component):
@@ -586,7 +743,8 @@ def _run_once(argv: list[str], log_path: Path, what: str, user: str | None = Non
 
 #: Every component, in start order. Stop order is the reverse.
 COMPONENTS: tuple[Component, ...] = (
-    Kafka(), Postgres(), Redis(), Flink(), Generator(), Pipeline(), PushServer(),
+    Kafka(), Postgres(), Redis(), Flink(), FlinkTaskManager(), BeamWorkerPool(), ExpansionService(),
+    Generator(), Pipeline(), PushServer(),
 )
 
 

@@ -46,11 +46,13 @@ def test_run_starts_everything_and_stopping_leaves_no_process(tmp_path: Path, se
                      "Push WebSocket"):
             assert what in text
         stack = Stack(stack_dir, settings.tools_dir, env)
-        recorded = [p for name in ("kafka", "postgres", "redis", "flink", "generator", "pipeline",
-                                   "push-server")
-                    for p in stack.processes(name)]
-        assert len(recorded) == 8  # Flink is a JobManager and a TaskManager
+        names = ("kafka", "postgres", "redis", "flink", "flink-taskmanager", "worker-pool",
+                 "expansion-service", "generator", "pipeline", "push-server")
+        recorded = [p for name in names for p in stack.processes(name)]
+        assert len(recorded) == len(names)
         assert all(p.alive() for p in recorded)
+        # The job runs on the stack's own Flink cluster (the default runner).
+        assert "runner flink" in text and "job " in text
     finally:
         if stop_with == "make_stop" and recorded:
             # What `make stop` runs, from another process; the supervisor must notice and end.

@@ -84,4 +84,4 @@ def test_flink_session_cluster_has_a_taskmanager_with_slots(settings: Settings) 
     overview = flink_overview(settings.flink_rest_url)
     assert overview["taskmanagers"] == 1
     assert overview["slots-total"] == settings.flink_task_slots
-    assert str(overview["flink-version"]).startswith("2.2")
+    assert str(overview["flink-version"]).startswith("1.19.")

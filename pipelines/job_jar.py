@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import FlinkRunnerOptions, PipelineOptions
 from apache_beam.portability.api import beam_artifact_api_pb2_grpc, beam_job_api_pb2, endpoints_pb2
 from apache_beam.runners.portability import abstract_job_service, artifact_service
 from apache_beam.runners.portability.flink_runner import FlinkRunner
 from apache_beam.runners.portability.flink_uber_jar_job_server import FlinkUberJarJobServer
+from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
 _LOG = logging.getLogger(__name__)
 
@@ -100,7 +101,15 @@ class JobJarRunner(FlinkRunner):
         self._output = output
 
     def default_job_server(self, options: PipelineOptions) -> _JobJarServer:
+        # The jar carries the pipeline's options. Its FlinkPipelineRunner must run the job in the
+        # Flink client that runs the jar (`[auto]`), never submit it to the launcher's --flink_master
+        # (on Kubernetes that address does not exist; Beam's own uber-jar path does the same).
+        options.view_as(FlinkRunnerOptions).flink_master = "[auto]"
         return _JobJarServer(self._output, options)
+
+    def create_job_service_handle(self, job_service: Any, options: PipelineOptions) -> Any:
+        # Keep the options only the Java runner knows (--checkpointing_interval, ...) in the jar.
+        return JobServiceHandle(job_service, options, retain_unknown_options=True)
 
 
 # --- make job-jar ---------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ import pytest
 import yaml
 
 from streaming_analytics.settings import VARIABLES, Settings
+from transforms import metrics
 
 pytestmark = pytest.mark.chart
 
@@ -48,7 +49,29 @@ RELEASE = "analytics"
 NAMESPACE = "analytics"
 HARNESS_PORT = 50000
 FLINK_RUNNER_MAIN = "org.apache.beam.runners.flink.FlinkPipelineRunner"
-HARNESS_MODULE = "apache_beam.runners.worker.worker_pool_main"
+#: Our loopback-only worker pool (Beam's worker_pool_main binds every interface).
+HARNESS_MODULE = "pipelines.worker_pool"
+LOOPBACK = "127.0.0.1"
+#: Beam's only Flink runner served to the project is beam-runners-flink-1.19 (2.62.0).
+FLINK_VERSION = "v1_19"
+#: Every Flink key the chart and flink-operator/ may set, each checked against Flink 1.19.3's
+#: ConfigOptions (flink-dist-1.19.3.jar); "metrics.reporter.<name>.*" keys are per reporter and
+#: "kubernetes.operator.*" keys belong to the operator. Add a key here only after that check.
+FLINK_1_19_KEYS = frozenset({
+    "taskmanager.numberOfTaskSlots", "classloader.resolve-order", "rest.port", "jobmanager.rpc.port",
+    "blob.server.port", "taskmanager.rpc.port", "taskmanager.data.port",
+    "metrics.internal.query-service.port", "io.tmp.dirs", "execution.checkpointing.interval",
+    "execution.checkpointing.mode", "execution.checkpointing.timeout", "execution.checkpointing.min-pause",
+    "execution.checkpointing.tolerable-failed-checkpoints",
+    "execution.checkpointing.externalized-checkpoint-retention", "state.checkpoints.num-retained",
+    "state.backend.type", "state.backend.incremental", "state.checkpoints.dir", "state.savepoints.dir",
+    "high-availability.type", "high-availability.storageDir", "metrics.job.status.enable",
+})
+#: Flink 2.x names of settings that Flink 1.19 calls by their state.* names (unknown to 1.19).
+FLINK_2_ONLY_KEYS = frozenset({
+    "execution.checkpointing.dir", "execution.checkpointing.savepoint-dir",
+    "execution.checkpointing.num-retained", "execution.checkpointing.incremental",
+})
 #: The pod-local scratch directory every read-only container needs (a path compared, never written).
 TMP = "/tmp"  # noqa: S108
 PUSH_METRICS = (
@@ -241,6 +264,22 @@ def env_of(container: Doc) -> dict[str, Doc]:
     return {e["name"]: e for e in container.get("env", [])}
 
 
+def flag(command: list[str], name: str) -> str | None:
+    """The value of ``name`` in an argv (``--name value`` or ``--name=value``), None if absent."""
+    for i, arg in enumerate(command):
+        if arg == name and i + 1 < len(command):
+            return command[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def flink_container(spec: Doc) -> Doc:
+    found: list[Doc] = [c for c in spec["containers"] if c["name"] == "flink-main-container"]
+    assert len(found) == 1
+    return found[0]
+
+
 # --- the tests -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("values", [None, PRODUCTION_VALUES], ids=["default", "production"])
@@ -410,7 +449,7 @@ def test_should_never_expose_the_sdk_harness_port(any_docs: list[Doc]) -> None:
     harnesses = [h for _, spec, _ in pod_specs(any_docs) if (h := harness_of(spec))]
     assert harnesses
     for h in harnesses:
-        assert f"--service_port={HARNESS_PORT}" in h["command"]
+        assert flag(h["command"], "--port") == str(HARNESS_PORT)
         assert not any(p.get("containerPort") == HARNESS_PORT for p in h.get("ports", []))
     # ... and no policy, Service or declared port lets anyone else in.
     for policy in of_kind(any_docs, "NetworkPolicy"):
@@ -483,7 +522,7 @@ def test_should_upgrade_the_pipeline_with_savepoints(any_docs: list[Doc]) -> Non
     flink = one(any_docs, "FlinkDeployment")
     spec = flink["spec"]
     config = spec["flinkConfiguration"]
-    assert spec["flinkVersion"] == "v2_2"
+    assert spec["flinkVersion"] == FLINK_VERSION
     assert spec["mode"] == "native"
     job = spec["job"]
     assert job["upgradeMode"] == "savepoint"
@@ -491,8 +530,8 @@ def test_should_upgrade_the_pipeline_with_savepoints(any_docs: list[Doc]) -> Non
     assert job["entryClass"] == FLINK_RUNNER_MAIN
     assert job["allowNonRestoredState"] is False
     assert config["execution.checkpointing.interval"]
-    assert config["execution.checkpointing.dir"]
-    assert config["execution.checkpointing.savepoint-dir"]
+    assert config["state.checkpoints.dir"]
+    assert config["state.savepoints.dir"]
     assert config["execution.checkpointing.externalized-checkpoint-retention"] == "RETAIN_ON_CANCELLATION"
     assert "kubernetes.operator.deployment.rollback.enabled" in config
     assert all(isinstance(v, str) for v in config.values()), "flinkConfiguration values must be strings"
@@ -509,8 +548,7 @@ def test_should_keep_version_labels_off_flink_pod_templates(chart_docs: list[Doc
 def test_should_keep_state_durable_in_production(helm: Path) -> None:
     for docs in (render(helm, PRODUCTION_VALUES), operator_docs()):
         config = one(docs, "FlinkDeployment")["spec"]["flinkConfiguration"]
-        for key in ("execution.checkpointing.dir", "execution.checkpointing.savepoint-dir",
-                    "high-availability.storageDir"):
+        for key in ("state.checkpoints.dir", "state.savepoints.dir", "high-availability.storageDir"):
             assert config[key].startswith("s3://"), key
         assert config["high-availability.type"] == "kubernetes"
         assert config["kubernetes.operator.deployment.rollback.enabled"] == "true"
@@ -702,8 +740,7 @@ def test_should_keep_the_flink_operator_manifest_in_step_with_the_chart(producti
     for key in ("jarURI", "entryClass", "upgradeMode", "allowNonRestoredState"):
         assert standalone["job"][key] == chart["job"][key], key
     # the same Flink settings, except those that name this release's own storage and sizes
-    local = {"execution.checkpointing.dir", "execution.checkpointing.savepoint-dir",
-             "high-availability.storageDir"}
+    local = {"state.checkpoints.dir", "state.savepoints.dir", "high-availability.storageDir"}
     chart_config = {k: v for k, v in chart["flinkConfiguration"].items() if k not in local}
     standalone_config = {k: v for k, v in standalone["flinkConfiguration"].items() if k not in local}
     assert standalone_config == chart_config
@@ -711,7 +748,12 @@ def test_should_keep_the_flink_operator_manifest_in_step_with_the_chart(producti
     standalone_harness = harness_of(standalone["taskManager"]["podTemplate"]["spec"])
     assert chart_harness is not None and standalone_harness is not None
     assert standalone_harness["command"] == chart_harness["command"]
+    assert standalone_harness["startupProbe"] == chart_harness["startupProbe"]
     assert set(env_of(standalone_harness)) == set(env_of(chart_harness))
+    for role in ("jobManager", "taskManager"):
+        chart_main = flink_container(chart[role]["podTemplate"]["spec"])
+        standalone_main = flink_container(standalone[role]["podTemplate"]["spec"])
+        assert set(env_of(standalone_main)) == set(env_of(chart_main)), role
 
 
 def test_should_reference_the_flink_deployment_from_the_savepoint_example() -> None:
@@ -719,3 +761,112 @@ def test_should_reference_the_flink_deployment_from_the_savepoint_example() -> N
     flink = one(operator_docs(), "FlinkDeployment")
     assert snapshot["spec"]["jobReference"] == {"kind": "FlinkDeployment", "name": flink["metadata"]["name"]}
     assert snapshot["spec"]["savepoint"]["disposeOnDelete"] is False
+
+
+# --- Flink 1.19 with Beam's 2.62 runner ------------------------------------------------------------
+
+def _crd_flink_versions() -> list[str]:
+    crd = yaml.safe_load((CRDS / "flinkdeployments.flink.apache.org-v1.yml").read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1beta1"]
+    spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    return list(spec["properties"]["flinkVersion"]["enum"])
+
+
+def test_should_run_flink_1_19_the_minor_of_beams_flink_runner(any_docs: list[Doc]) -> None:
+    assert FLINK_VERSION in _crd_flink_versions(), "the operator's CRD does not accept Flink 1.19"
+    for flink in of_kind(any_docs, "FlinkDeployment"):
+        assert flink["spec"]["flinkVersion"] == FLINK_VERSION
+
+
+def test_should_use_only_configuration_keys_flink_1_19_knows(any_docs: list[Doc]) -> None:
+    for flink in of_kind(any_docs, "FlinkDeployment"):
+        config = flink["spec"]["flinkConfiguration"]
+        own = {k for k in config if not k.startswith(("kubernetes.operator.", "metrics.reporter."))}
+        assert not own & FLINK_2_ONLY_KEYS, "Flink 2.x key names: Flink 1.19 ignores them"
+        assert own <= FLINK_1_19_KEYS, f"not checked against Flink 1.19: {sorted(own - FLINK_1_19_KEYS)}"
+        # state and checkpoint storage under their 1.19 names, so they are really in effect
+        for key in ("state.checkpoints.dir", "state.savepoints.dir", "state.checkpoints.num-retained",
+                    "state.backend.type", "state.backend.incremental"):
+            assert config.get(key), key
+        assert {k for k in config if k.startswith("metrics.reporter.")} == {
+            "metrics.reporter.prom.factory.class", "metrics.reporter.prom.port"}
+
+
+def test_should_load_beams_runner_from_flinks_lib_parent_first(any_docs: list[Doc]) -> None:
+    """The lib jar in /opt/flink/lib only stops the per-job metaspace leak when the job jar's copies
+    of the same classes are never loaded: parent-first."""
+    for flink in of_kind(any_docs, "FlinkDeployment"):
+        assert flink["spec"]["flinkConfiguration"]["classloader.resolve-order"] == "parent-first"
+
+
+def test_should_bind_the_sdk_harness_to_loopback_only(any_docs: list[Doc]) -> None:
+    harnesses = [h for _, spec, _ in pod_specs(any_docs) if (h := harness_of(spec))]
+    assert harnesses
+    for h in harnesses:
+        command = h["command"]
+        assert command[:3] == ["python", "-m", HARNESS_MODULE]
+        assert flag(command, "--host") == LOOPBACK
+        assert flag(command, "--port") == str(HARNESS_PORT)
+        # kubelet's tcpSocket/httpGet/grpc probes dial the pod IP, where a loopback pool is not
+        probe = h["startupProbe"]
+        assert not {"tcpSocket", "httpGet", "grpc"} & set(probe)
+        script = probe["exec"]["command"][-1]
+        assert f'"{LOOPBACK}", {HARNESS_PORT}' in script
+
+
+def test_should_give_the_flink_containers_the_kafka_bootstrap_servers(any_docs: list[Doc]) -> None:
+    """The Kafka read is Java KafkaIO in the TaskManager JVM (and the JobManager lists partitions when
+    it builds the job): both read SA_KAFKA_BOOTSTRAP from their own container, and it must be the
+    Kafka the Python workers beside them use."""
+    for flink in of_kind(any_docs, "FlinkDeployment"):
+        harness = harness_of(flink["spec"]["taskManager"]["podTemplate"]["spec"])
+        assert harness is not None
+        expected = env_of(harness)["SA_KAFKA_BOOTSTRAP"]["value"]
+        for role in ("taskManager", "jobManager"):
+            env = env_of(flink_container(flink["spec"][role]["podTemplate"]["spec"]))
+            assert env["SA_KAFKA_BOOTSTRAP"]["value"] == expected, role
+
+
+def _egress_allows(policies: list[Doc], labels: dict[str, str], port: int) -> bool:
+    for policy in policies:
+        spec = policy["spec"]
+        if not selects(spec["podSelector"], labels) or "Egress" not in spec["policyTypes"]:
+            continue
+        for rule in spec.get("egress", []):
+            ports = _ports(rule)
+            if not ports:
+                return True  # a rule without ports admits every port
+            for p in ports:
+                first = p["port"]
+                assert isinstance(first, int), "named ports cannot be checked offline"
+                if p.get("protocol", "TCP") == "TCP" and first <= port <= int(p.get("endPort", first)):
+                    return True
+    return False
+
+
+def test_should_let_every_flink_pod_reach_the_kafka_bootstrap_servers(any_docs: list[Doc]) -> None:
+    policies = of_kind(any_docs, "NetworkPolicy")
+    for flink in of_kind(any_docs, "FlinkDeployment"):
+        for role in ("taskManager", "jobManager"):
+            template = flink["spec"][role]["podTemplate"]
+            servers = env_of(flink_container(template["spec"]))["SA_KAFKA_BOOTSTRAP"]["value"]
+            for server in servers.split(","):
+                port = int(server.rsplit(":", 1)[1])
+                assert _egress_allows(policies, template["metadata"]["labels"], port), f"{role}: {server}"
+
+
+def test_should_refuse_to_render_without_kafka_bootstrap_servers(helm: Path) -> None:
+    """The Java Kafka read knows no default: an empty value must not reach the Flink containers."""
+    message = render_error(helm, "pipeline.env.SA_KAFKA_BOOTSTRAP=")
+    assert "pipeline.env.SA_KAFKA_BOOTSTRAP is required" in message
+
+
+def test_should_count_records_read_with_counters_the_flink_job_reports(chart_docs: list[Doc]) -> None:
+    """On Flink the Kafka read is Java KafkaIO: the Python source's counter never appears, and a
+    ratio over it would never fire. Records read are those that reached the parse step."""
+    dead_letters = next(r for r in _alert_rules(chart_docs) if r["alert"] == "PipelineDeadLetterRateHigh")
+    denominator = dead_letters["expr"].split("/", 1)[1]
+    assert metrics.EVENTS_PARSED in denominator and metrics.INVALID_EVENTS in denominator
+    exprs = "\n".join(r["expr"] for r in _alert_rules(chart_docs))
+    exprs += "\n".join(_exprs(d) for d in _dashboards(chart_docs).values())
+    assert metrics.KAFKA_RECORDS_READ not in exprs

@@ -45,6 +45,12 @@ spec:
   {{- end }}
   containers:
     - name: flink-main-container
+      env:
+        # The Kafka read is Java KafkaIO in this JVM (the job jar is built with --endpoints=workers):
+        # the TaskManager's readers connect with these servers, and the JobManager lists the
+        # topic's partitions with them when it builds the job graph.
+        - name: SA_KAFKA_BOOTSTRAP
+          value: {{ $p.env.SA_KAFKA_BOOTSTRAP | toString | quote }}
       securityContext:
         {{- toYaml $p.securityContext | nindent 8 }}
       ports:
@@ -97,10 +103,11 @@ spec:
 {{- end }}
 
 {{/*
-The Beam Python SDK harness: a worker pool the TaskManager asks for SDK workers on
-localhost:<port> (the job's --environment_type=EXTERNAL --environment_config=localhost:<port>).
-worker_pool_main binds every interface and cannot be told otherwise; the port is declared
-nowhere and the NetworkPolicy never admits it, so only the TaskManager beside it reaches it.
+The Beam Python SDK harness: our worker pool (pipelines/worker_pool.py), which the TaskManager asks
+for SDK workers on 127.0.0.1:<port> (the job jar's --environment_type=EXTERNAL
+--environment_config=127.0.0.1:<port>). It binds the pod's loopback only, unlike Beam's
+worker_pool_main ([::]); the port is also declared nowhere and admitted by no NetworkPolicy. Its
+workers connect back to the TaskManager's Beam Fn API servers over the same loopback.
 */}}
 {{- define "streaming-analytics.sdkHarnessContainer" -}}
 {{- $p := .Values.pipeline }}
@@ -110,8 +117,11 @@ nowhere and the NetworkPolicy never admits it, so only the TaskManager beside it
   command:
     - python
     - -m
-    - apache_beam.runners.worker.worker_pool_main
-    - --service_port={{ $p.sdkHarness.port }}
+    - pipelines.worker_pool
+    - --host
+    - 127.0.0.1
+    - --port
+    - {{ $p.sdkHarness.port | quote }}
   env:
     {{- include "streaming-analytics.envFromMap" .Values.config | trim | nindent 4 }}
     {{- include "streaming-analytics.envFromMap" $p.env | trim | nindent 4 }}
@@ -127,10 +137,15 @@ nowhere and the NetworkPolicy never admits it, so only the TaskManager beside it
     {{- toYaml . | nindent 4 }}
     {{- end }}
   startupProbe:
-    # The TaskManager asks for workers as soon as a task starts: be listening first.
-    tcpSocket:
-      port: {{ $p.sdkHarness.port }}
+    # The TaskManager asks for workers as soon as a task starts: be listening first. A tcpSocket
+    # probe would dial the pod IP, where the pool does not listen; this connects over loopback.
+    exec:
+      command:
+        - python
+        - -c
+        - import socket; socket.create_connection(("127.0.0.1", {{ int $p.sdkHarness.port }}), 1).close()
     periodSeconds: 2
+    timeoutSeconds: 5
     failureThreshold: 60
   resources:
     {{- toYaml $p.sdkHarness.resources | nindent 4 }}

@@ -22,8 +22,8 @@ from pipelines.flink_rest import TERMINAL_STATES, FlinkError, FlinkRest
 
 _LOG = logging.getLogger(__name__)
 
-#: The main class of a Beam portable job jar.
-ENTRY_CLASS: Final = "org.apache.beam.runners.flink.FlinkPipelineRunner"
+#: The main class of our job jars (pipelines/job_jar.py; tools/java/flink-runner).
+ENTRY_CLASS: Final = "org.streaminganalytics.flink.JobJarMain"
 
 _BEAM_STATE: Final = {
     "INITIALIZING": PipelineState.STARTING, "CREATED": PipelineState.STARTING,

@@ -1,10 +1,12 @@
 """Write the job as a portable Flink job jar, instead of running it.
 
 The jar is what a FlinkDeployment runs (``jarURI``), what ``flink run [-s SAVEPOINT]`` runs, and what
-the local stack and the lifecycle tooling upload through Flink's REST API: Beam's Flink runner (the
-shaded jar ``make install`` builds) with the pipeline's proto, options and staged artifacts added
-under ``BEAM-PIPELINE/``; its main class, ``FlinkPipelineRunner``, translates the pipeline inside
-the Flink client and submits it.
+the local stack and the lifecycle tooling upload through Flink's REST API: our ``JobJarMain``
+(``tools/java/flink-runner``) with the pipeline's proto, options and staged artifacts under
+``BEAM-PIPELINE/``. Its main translates the pipeline with Beam's Flink runner inside the Flink
+client that runs the jar. The runner itself is not in the jar: our clusters carry it in Flink's
+``lib/`` (the lib jar ``make install`` builds; the chart's Flink image likewise), so a job jar
+weighs kilobytes and a cluster holds one copy of the runner's classes, whatever the number of jobs.
 
 Beam's own ``--output_executable_path`` starts the Java job server (``java -jar``) to write the jar;
 its job, artifact and expansion ports bind every interface. :class:`JobJarRunner` writes the same
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -72,40 +75,52 @@ class _WriteJobJar(abstract_job_service.UberJarBeamJob):
         self.set_state(beam_job_api_pb2.JobState.CANCELLED)
 
     def get_state_stream(self) -> Any:
-        return iter(self._state_history[:])
+        # The runner asks for the stream before it calls run(): follow the history as it grows.
+        seen = 0
+        while True:
+            history = self._state_history
+            while seen < len(history):
+                yield history[seen]
+                if self.is_terminal_state(history[seen][0]):
+                    return
+                seen += 1
+            time.sleep(0.05)
 
     def get_message_stream(self) -> Any:
-        return iter(self._state_history[:])
+        return self.get_state_stream()
 
 
 class _JobJarServer(FlinkUberJarJobServer):
-    def __init__(self, output: Path, options: PipelineOptions) -> None:
+    def __init__(self, output: Path, base_jar: Path, options: PipelineOptions) -> None:
         super().__init__("http://unused", options)
         self._output = output
+        self._base_jar = base_jar
 
     def create_beam_job(self, job_id: str, job_name: str, pipeline: Any, options: Any) -> _WriteJobJar:
-        return _WriteJobJar(self._output, self.executable_jar(), job_id, job_name, pipeline=pipeline,
-                           options=options)
+        return _WriteJobJar(self._output, str(self._base_jar), job_id, job_name, pipeline=pipeline,
+                            options=options)
 
 
 class JobJarRunner(FlinkRunner):
-    """A FlinkRunner whose "run" writes the portable job jar to ``output`` (see the module docstring).
-
-    ``--flink_job_server_jar`` names the runner jar to build on; ``--environment_type`` and
+    """A FlinkRunner whose "run" writes the portable job jar to ``output`` on ``base_jar`` (the
+    job-base jar ``make install`` builds; see the module docstring). ``--environment_type`` and
     ``--environment_config`` say where the job's Python workers will run (EXTERNAL: a worker pool
     beside each TaskManager).
     """
 
-    def __init__(self, output: Path) -> None:
+    def __init__(self, output: Path, base_jar: Path) -> None:
         super().__init__()
+        if not base_jar.exists():
+            raise FileNotFoundError(f"{base_jar} missing: run `make install` (it builds Beam's Flink runner)")
         self._output = output
+        self._base_jar = base_jar
 
     def default_job_server(self, options: PipelineOptions) -> _JobJarServer:
         # The jar carries the pipeline's options. Its FlinkPipelineRunner must run the job in the
         # Flink client that runs the jar (`[auto]`), never submit it to the launcher's --flink_master
         # (on Kubernetes that address does not exist; Beam's own uber-jar path does the same).
         options.view_as(FlinkRunnerOptions).flink_master = "[auto]"
-        return _JobJarServer(self._output, options)
+        return _JobJarServer(self._output, self._base_jar, options)
 
     def create_job_service_handle(self, job_service: Any, options: PipelineOptions) -> Any:
         # Keep the options only the Java runner knows (--checkpointing_interval, ...) in the jar.

@@ -25,6 +25,8 @@ RUNNERS: Final = ("flink", "prism", "direct")
 #: classes for Flink's lib/ (minus what Flink's own lib/ holds).
 FLINK_RUNNER_JAR: Final = "sa-beam-flink-1.19-2.62.0.jar"
 FLINK_LIB_JAR: Final = "sa-beam-flink-lib-1.19-2.62.0.jar"
+#: The base of our job jars: JobJarMain only, the runner itself comes from the cluster's lib/.
+FLINK_JOB_BASE_JAR: Final = "sa-beam-flink-job-base-1.19-2.62.0.jar"
 #: Main class of our expansion service (binds loopback; Beam's stock one binds every interface).
 EXPANSION_SERVER_MAIN: Final = "org.streaminganalytics.flink.LoopbackExpansionServer"
 
@@ -78,3 +80,8 @@ def expansion_service_argv(java: str, tools_dir: Path, port: int) -> list[str]:
     jar = Path(tools_dir) / "jars" / FLINK_RUNNER_JAR
     return [java, "-Xmx512m", "-cp", str(jar), EXPANSION_SERVER_MAIN, str(port),
             "--defaultEnvironmentType=EMBEDDED", "--experiments=use_deprecated_read"]
+
+
+def flink_job_base_jar(settings: Settings) -> Path:
+    """The base of every job jar (``JobJarMain``; ``pipelines/job_jar.py`` adds the pipeline)."""
+    return Path(settings.tools_dir) / "jars" / FLINK_JOB_BASE_JAR

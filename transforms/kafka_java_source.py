@@ -41,16 +41,18 @@ from transforms.records import KafkaRecord
 URN: Final = "beam:transform:org.streaminganalytics:kafka_read_events:v1"
 
 
-class KafkaReadEventsConfig(NamedTuple):
-    """The payload of :data:`URN`; field names map to the Java configuration's setters."""
-
-    bootstrap_servers: str
-    topic: str
-    group_id: str
-    start: str
-    max_out_of_orderness_ms: int
-    idle_timeout_ms: int
-    max_future_skew_ms: int
+#: The payload of :data:`URN`; field names map to the Java configuration's setters. (The functional
+#: form on purpose: with ``from __future__ import annotations`` a class body's annotations are strings,
+#: which Beam's schema inference cannot read, and every field would travel as a pickled "any".)
+KafkaReadEventsConfig = NamedTuple("KafkaReadEventsConfig", [  # noqa: UP014
+    ("bootstrap_servers", str),
+    ("topic", str),
+    ("group_id", str),
+    ("start", str),
+    ("max_out_of_orderness_ms", int),
+    ("idle_timeout_ms", int),
+    ("max_future_skew_ms", int),
+])
 
 
 def _decode(encoded: bytes) -> KafkaRecord:

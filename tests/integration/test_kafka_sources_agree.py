@@ -22,7 +22,7 @@ from kafka import KafkaProducer
 from pipelines.flink_job import deploy_jar
 from pipelines.flink_rest import FlinkRest
 from pipelines.job_jar import JobJarRunner
-from pipelines.runners import runner_args
+from pipelines.runners import flink_job_base_jar, runner_args
 from streaming_analytics.generator import EventGenerator, GeneratorConfig
 from streaming_analytics.kafka_topics import ensure_topics
 from streaming_analytics.settings import Settings
@@ -81,8 +81,9 @@ def _produce(s: Settings, topic: str) -> int:
         producer.send(topic, value=value, key=str(i).encode(), partition=i % 3, timestamp_ms=T0 + i)
         count += 1
     for i, value in enumerate(TRICKY):
-        producer.send(topic, value=value, key=None if i % 2 else b"k", partition=i % 3,
-                      timestamp_ms=T0 - 1000 + i)
+        # A tombstone (None) needs a key; the other payloads alternate keyed and key-less.
+        key = b"k" if value is None or i % 2 == 0 else None
+        producer.send(topic, value=value, key=key, partition=i % 3, timestamp_ms=T0 - 1000 + i)
         count += 1
     producer.flush()
     producer.close()
@@ -105,7 +106,7 @@ def test_python_and_java_kafka_reads_deliver_the_same_records(settings: Settings
         # The Java read, on Flink, until it has delivered every record.
         jar = tmp_path / "job.jar"
         options = PipelineOptions([*runner_args("flink", settings), f"--job_name={unique_name}"])
-        p = beam.Pipeline(runner=JobJarRunner(jar), options=options)
+        p = beam.Pipeline(runner=JobJarRunner(jar, flink_job_base_jar(settings)), options=options)
         _ = (p | ReadFromKafkaJava(expansion_service=settings.beam_expansion_service,
                                    bootstrap=settings.kafka_bootstrap, topic=topic,
                                    group_id=f"g-{unique_name}", start="earliest")

@@ -67,7 +67,7 @@ def test_results_stay_exact_when_the_taskmanager_is_killed(
         _wait_for_checkpoints(job.flink.rest, job.flink.job_id, 2)
         (tm,) = stack.processes("flink-taskmanager")
         os.kill(tm.pid, signal.SIGKILL)
-        time.sleep(2)
+        _wait_for_failure(job.flink.rest, job.flink.job_id)  # the JobManager noticed: tasks failed
         stack.up(["flink-taskmanager"], log=False)
         job.flink.rest.wait_until_tasks_running(job.flink.job_id, 180)
         producer.join()
@@ -89,11 +89,19 @@ def test_results_stay_exact_when_the_worker_pool_dies(
         _wait_for_checkpoints(job.flink.rest, job.flink.job_id, 2)
         (pool,) = stack.processes("worker-pool")
         os.kill(pool.pid, signal.SIGKILL)
-        time.sleep(3)
+        _wait_for_failure(job.flink.rest, job.flink.job_id)  # the tasks lost their Python workers
         stack.up(["worker-pool"], log=False)
         producer.join()
         assert wait_until_exact(job, PARTITIONS, timeout_s=240) >= 20
         wait_for_committed_offsets(s, PARTITIONS, timeout_s=90)
+
+
+def _wait_for_failure(rest: FlinkRest, job_id: str, timeout_s: float = 90) -> None:
+    """Until the job's exception history shows the fault (a task failed and the job restarts)."""
+    deadline = time.monotonic() + timeout_s
+    while rest.root_exception(job_id) is None:
+        assert time.monotonic() < deadline, f"the job did not notice the fault within {timeout_s} s"
+        time.sleep(0.5)
 
 
 def _wait_for_checkpoints(rest: FlinkRest, job_id: str, count: int, timeout_s: float = 120) -> None:

@@ -164,11 +164,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("pipeline_args", nargs=argparse.REMAINDER,
                         help="the job's options (after --), e.g. the runner's from pipelines.runners")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=Settings.from_env().log_level,
+    # force: importing Beam already logged a warning, which set up a root handler at WARNING.
+    logging.basicConfig(level=Settings.from_env().log_level, force=True,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     pipeline_args = [a for a in args.pipeline_args if a != "--"]
     return supervise(pipeline_args, args.state_dir)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run the imported module's main, not this __main__ copy: the job result classes that
+    # analytics_pipeline returns are pipelines.flink_job's.
+    from pipelines import flink_job  # noqa: PLW0406 - on purpose, see above
+
+    raise SystemExit(flink_job.main())

@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         if service is not None:
             service.terminate()
             service.wait(30)
-    print(f"wrote {args.output} ({args.output.stat().st_size / 1e6:.0f} MB)")
+    print(f"wrote {args.output} ({args.output.stat().st_size / 1000:.0f} KB)")
     return 0
 
 

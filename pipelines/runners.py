@@ -15,7 +15,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
+
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from streaming_analytics.settings import Settings
 
@@ -29,6 +31,25 @@ FLINK_LIB_JAR: Final = "sa-beam-flink-lib-1.19-2.62.0.jar"
 FLINK_JOB_BASE_JAR: Final = "sa-beam-flink-job-base-1.19-2.62.0.jar"
 #: Main class of our expansion service (binds loopback; Beam's stock one binds every interface).
 EXPANSION_SERVER_MAIN: Final = "org.streaminganalytics.flink.LoopbackExpansionServer"
+
+
+class FlinkJobOptions(PipelineOptions):
+    """Options of Beam's Java Flink runner (``FlinkPipelineOptions``) that our Flink jobs set.
+
+    Declared here so that the Python SDK knows them: it keeps them in the job jar's options (where
+    ``JobJarMain`` hands them to the runner) and does not warn about them as unparseable.
+    """
+
+    @classmethod
+    def _add_argparse_args(cls, parser: Any) -> None:
+        parser.add_argument("--checkpointing_interval", type=int, default=None,
+                            help="Flink: checkpoint interval in ms (SA_FLINK_CHECKPOINT_INTERVAL_S).")
+        parser.add_argument("--finish_bundle_before_checkpointing", action="store_true", default=None,
+                            help="Flink: finish the open bundle before a checkpoint barrier goes on.")
+        parser.add_argument("--externalized_checkpoints_enabled", action="store_true", default=None,
+                            help="Flink: keep checkpoints outside the job (restorable by path).")
+        parser.add_argument("--retain_externalized_checkpoints_on_cancellation", action="store_true",
+                            default=None, help="Flink: keep the last checkpoint when the job is cancelled.")
 
 
 class RunnerUnavailable(RuntimeError):
@@ -59,6 +80,9 @@ def runner_args(runner: str, settings: Settings) -> list[str]:
                 # A bundle open while a checkpoint barrier arrives can stall the checkpoint (seen with
                 # one-shot stages); finishing it first keeps checkpoints short and regular.
                 "--finish_bundle_before_checkpointing",
+                # Flink hands the SDK cache tokens, so keyed state (dedup ids, the late-data gate)
+                # is read once per worker instead of once per bundle; Beam 2.77's default is off.
+                "--max_cache_memory_usage_mb=64",
                 # Keep externalized checkpoints on cancel: the last resort for a restore.
                 "--externalized_checkpoints_enabled", "--retain_externalized_checkpoints_on_cancellation",
                 f"--kafka_expansion_service={settings.beam_expansion_service}"]

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "status":
             for row in stack.status():
                 pids = ",".join(map(str, row.pids)) or "-"
-                print(f"{row.name:<12} {row.state:<10} pid {pids:<14} {row.detail}")
+                print(f"{row.name:<18} {row.state:<10} pid {pids:<14} {row.detail}")
         elif args.command == "logs":
             return _logs(stack, args.component, args.follow, args.lines)
         elif args.command == "env":

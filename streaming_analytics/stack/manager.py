@@ -149,7 +149,7 @@ class Stack:
             return component.healthy(ctx)
 
         try:
-            process.wait_until(ready, component.start_timeout_s, component.name)
+            process.wait_until(ready, component.start_timeout_s, component.name, fatal=(ComponentError,))
         except ComponentError:
             raise
         except TimeoutError as exc:

@@ -179,14 +179,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def wait_until(check: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.25) -> None:
-    """Poll ``check()`` until it returns truthy; raise TimeoutError naming ``what`` otherwise."""
+def wait_until(check: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.25,
+               fatal: tuple[type[Exception], ...] = ()) -> None:
+    """Poll ``check()`` until it returns truthy; raise TimeoutError naming ``what`` otherwise.
+
+    An exception of a ``fatal`` type ends the wait at once (a process that exited will not become
+    ready); any other means "not yet".
+    """
     deadline = time.monotonic() + timeout_s
     last_error: BaseException | None = None
     while time.monotonic() < deadline:
         try:
             if check():
                 return
+        except fatal:
+            raise
         except Exception as exc:  # noqa: BLE001 - any failure of a probe means "not yet"
             last_error = exc
         time.sleep(interval_s)

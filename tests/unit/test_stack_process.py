@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import socket
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from streaming_analytics.stack import process
 from streaming_analytics.stack.components import kafka_cluster_id
@@ -66,3 +69,23 @@ def test_kafka_cluster_ids_never_look_like_an_option() -> None:
     ids = {kafka_cluster_id() for _ in range(3000)}  # a leading "-" would come up ~47 times
     assert len(ids) == 3000
     assert all(len(i) == 22 and not i.startswith("-") for i in ids)
+
+
+def test_wait_until_ends_at_once_on_a_fatal_error_and_retries_others() -> None:
+    """A component whose process exited will not become ready: the stack reports it at once (with
+    its log) instead of probing until the start timeout."""
+    calls: list[int] = []
+
+    class Exited(Exception):
+        pass
+
+    def check() -> bool:
+        calls.append(1)
+        if len(calls) < 3:
+            raise OSError("connection refused")  # not yet
+        raise Exited("process exited during start-up")
+
+    started = time.monotonic()
+    with pytest.raises(Exited):
+        process.wait_until(check, timeout_s=60, what="x", interval_s=0.01, fatal=(Exited,))
+    assert len(calls) == 3 and time.monotonic() - started < 5

@@ -25,7 +25,9 @@ status:  ## show what runs
 logs:  ## follow all logs (make logs C=kafka for one component)
 	@$(STACK) logs $(C) -f
 
-test: install  ## the whole suite against a throwaway stack that it starts and stops
+test: install  ## lint, types, then the whole suite against a throwaway stack it starts and stops (= CI)
+	@.venv/bin/ruff check .
+	@.venv/bin/mypy
 	@bash scripts/test.sh
 
 test-unit: install  ## unit tests only (no services)
@@ -37,7 +39,7 @@ lint: install  ## ruff
 types: install  ## mypy (strict) on our packages
 	@.venv/bin/mypy
 
-check: lint types test  ## everything CI cares about
+check: test  ## everything CI cares about (make test runs lint and types first)
 
 job-jar: install  ## the portable Flink job jar a FlinkDeployment runs (var/job-jar/; docs/operations.md)
 	@$(PY) -m pipelines.job_jar $(if $(OUT),--output $(OUT))

@@ -153,9 +153,9 @@ def test_workers_die_with_the_pool(tmp_path: Path, sig: int) -> None:
         "import sys, time\n"
         "from pathlib import Path\n"
         "from pipelines.worker_pool import serve\n"
-        "from tests.unit.test_worker_pool import _info, _request\n"
-        "from tests.unit.test_worker_pool import SLEEPING_WORKER\n"
-        "server, pool, port = serve('127.0.0.1', 0, Path(sys.argv[1]), lambda u, w: _info(), SLEEPING_WORKER)\n"
+        "from tests.unit.test_worker_pool import SLEEPING_WORKER, _info, _request\n"
+        "server, pool, port = serve('127.0.0.1', 0, Path(sys.argv[1]), lambda u, w: _info(),\n"
+        "                           SLEEPING_WORKER)\n"
         "pool.StartWorker(_request('w4'), None)\n"
         "print('started', flush=True)\n"
         "time.sleep(600)\n"
@@ -175,7 +175,8 @@ def test_workers_die_with_the_pool(tmp_path: Path, sig: int) -> None:
 
 
 def test_the_default_worker_runs_beams_sdk_harness_behind_the_parent_check() -> None:
-    assert WORKER_COMMAND == (sys.executable, "-m", "pipelines.worker_pool", "--run-worker")
+    expected = (sys.executable, "-m", "pipelines.worker_pool", "--run-worker")
+    assert expected == WORKER_COMMAND
     # Started outside a pool, the worker refuses to run (nothing would stop it).
     result = subprocess.run(list(WORKER_COMMAND), capture_output=True, text=True, timeout=120,
                             env={**os.environ, "SA_WORKER_POOL_PID": "1"}, check=False)

@@ -103,8 +103,9 @@ def report(series: Series, status: str, minutes: float, rate: float, checkpoint_
     return f"""Measured {today()} on {machine().describe()}.
 Command: `python -m benchmarks.checkpoint_series --minutes {minutes:g} --rate {rate:g}
 --checkpoint-s {checkpoint_s}` (the job on the local Flink 1.19 session cluster, generator at
-{rate:g} events/s, checkpoints every {checkpoint_s} s; `make bench` runs a short version, the 30-minute
-series is run by hand). {len(series)} checkpoints; {status}.
+{rate:g} events/s, checkpoints every {checkpoint_s} s; a 30-minute run, so not part of `make bench`;
+`tests/integration/test_pipeline_flink.py` checks the same property in two minutes).
+{len(series)} checkpoints; {status}.
 
 Mean size of the last third of the checkpoints / the middle third: **{growth:.2f}x** (1.00 = flat;
 the first third is the warm-up: dedup ids fill one 10-minute horizon, windows one allowed lateness).

@@ -1,14 +1,14 @@
-"""The analytics graph: records → ParseEvents → DeduplicateEvents → fixed and sliding aggregates,
-and ScoreEvents (the anomaly model, through RunInference) → alerts.
+"""The analytics graph: records → ParseEvents → EventTimeAggregates (dedup, the late-data rule, fixed
+and sliding aggregates) and ScoreEvents (the anomaly model, through RunInference) → alerts.
 
 :func:`build_pipeline` is the one place that wires the steps, so that tests (fed by a TestStream),
 the DirectRunner and the Flink job all run the exact same graph; only the source in front of it and
 the sinks behind it differ (``transforms/kafka_source.py``, ``transforms/sinks*.py``).
 
-Step labels are part of the job's identity: Flink savepoints bind operator state (dedup ids, late
-gate, window panes) to them. Renaming ``ParseEvents``, ``DeduplicateEvents``, ``FixedAggregates``,
-``SlidingAggregates`` or ``ScoreEvents`` — or a step inside them — makes a savepoint unrestorable
-for that state.
+Step labels are part of the job's identity: Flink savepoints bind operator state (dedup ids, the
+late-data knowledge, window panes) to them. Renaming ``ParseEvents``, ``EventTimeAggregates``,
+``ScoreEvents`` — or a step inside them (docs/pipeline.md lists them) — makes a savepoint
+unrestorable for that state.
 """
 
 # Beam 2.77 ships partial annotations: its transform constructors (ParDo, Map, CombinePerKey,
@@ -33,19 +33,13 @@ from models.anomaly import latest_model
 from pipelines.flink_job import deploy_jar
 from pipelines.flink_rest import FlinkRest
 from pipelines.job_jar import JobJarRunner
+from pipelines.runners import flink_job_base_jar
 from streaming_analytics.db.migrate import migrate
 from streaming_analytics.settings import Settings, worker_ref
 from streaming_analytics.streams import CHANNEL_ALERTS, CHANNEL_FIXED, CHANNEL_SLIDING
 from transforms import aggregates as agg
-from transforms.aggregates import WindowedAggregates, parse_dimensions
-from transforms.dedup import (
-    DEFAULT_HORIZON_S,
-    DEFAULT_SHARDS,
-    EVENTS,
-    DeduplicateEvents,
-    admitted_tag,
-    too_late_tag,
-)
+from transforms.aggregates import EventTimeAggregates, parse_dimensions
+from transforms.dedup import DEFAULT_HORIZON_S, DEFAULT_SHARDS
 from transforms.kafka_java_source import ReadFromKafkaJava
 from transforms.kafka_source import ReadFromKafka
 from transforms.parse import ParseEvents
@@ -60,13 +54,13 @@ from transforms.sinks_redis import WriteToRedisStreams
 
 #: Stable step labels (see the module docstring).
 PARSE_LABEL = "ParseEvents"
-DEDUP_LABEL = "DeduplicateEvents"
-FIXED_LABEL = "FixedAggregates"
-SLIDING_LABEL = "SlidingAggregates"
+EVENT_TIME_LABEL = "EventTimeAggregates"
 DEAD_LETTERS_LABEL = "DeadLetters"
 SCORE_LABEL = "ScoreEvents"
 
 DEFAULT_DIMENSIONS_SPEC = "event_type+country,category"
+#: The Kafka source's watermark bound (``--max_out_of_orderness_s``).
+DEFAULT_MAX_OUT_OF_ORDERNESS_S = 5.0
 
 
 class AnalyticsOptions(PipelineOptions):
@@ -86,19 +80,23 @@ class AnalyticsOptions(PipelineOptions):
         parser.add_argument("--allowed_lateness_s", type=float, default=agg.DEFAULT_ALLOWED_LATENESS_S,
                             help="How long late events still update a closed window, in seconds of "
                                  "event time (default 120).")
-        parser.add_argument("--max_out_of_orderness_s", type=float,
-                            default=agg.DEFAULT_MAX_OUT_OF_ORDERNESS_S,
-                            help="Bounded out-of-orderness of event times (default 5); the late gate's "
-                                 "watermark estimate. Keep it equal to the source's watermark bound.")
+        parser.add_argument("--max_out_of_orderness_s", type=float, default=DEFAULT_MAX_OUT_OF_ORDERNESS_S,
+                            help="The Kafka source's watermark bound: its watermark is the highest event "
+                                 "time read minus this, per partition (default 5).")
         parser.add_argument("--late_gate_margin_s", type=float, default=agg.DEFAULT_LATE_GATE_MARGIN_S,
-                            help="Extra time windows are kept beyond the allowed lateness so that the "
-                                 "GroupByKey never drops what the late gate let in (default 60).")
+                            help="Extra time windows are kept beyond the allowed lateness, for events the "
+                                 "late-data rule admitted while its knowledge of the watermark lagged "
+                                 "(default 60).")
+        parser.add_argument("--late_gate_lookahead_s", type=float, default=agg.DEFAULT_LATE_GATE_LOOKAHEAD_S,
+                            help="How far beyond the deadline of its newest event a dedup shard keeps "
+                                 "learning the watermark (default 3600); bounds the work when the "
+                                 "watermark jumps to the end of the input.")
         parser.add_argument("--dedup_horizon_s", type=float, default=DEFAULT_HORIZON_S,
                             help="How far back in event time duplicates are recognised (default 600); "
                                  "must cover window size + allowed lateness + margin.")
         parser.add_argument("--dedup_shards", type=int, default=DEFAULT_SHARDS,
                             help="Parallelism (key shards) of the dedup state and of the late-data "
-                                 "gate, which runs in the same step (default 16).")
+                                 "rule, which runs in the same step (default 16).")
         parser.add_argument("--dimensions", default=DEFAULT_DIMENSIONS_SPEC,
                             help="Aggregate dimensions: comma separated, '+' joins fields "
                                  f"(default {DEFAULT_DIMENSIONS_SPEC!r}).")
@@ -125,24 +123,19 @@ class AnalyticsOutputs:
     alerts: PCollection[Any] | None  # alert dicts; None when no model is configured
 
 
-def aggregate_transforms(options: AnalyticsOptions) -> tuple[WindowedAggregates, WindowedAggregates]:
-    """The fixed and sliding aggregate steps configured from ``options``."""
-    dimensions = parse_dimensions(options.dimensions)
+def event_time_aggregates(options: AnalyticsOptions) -> EventTimeAggregates:
+    """The event-time step (dedup, late-data rule, fixed and sliding aggregates) from ``options``."""
     # Batch execution (bounded, not streaming) has no processing-time clock for early panes.
     streaming = options.view_as(StandardOptions).streaming
-    common = {
-        "early_firing_delay_s": options.early_firing_delay_s if streaming else None,
-        "allowed_lateness_s": options.allowed_lateness_s,
-        "dimensions": dimensions,
-        "max_out_of_orderness_s": options.max_out_of_orderness_s,
-        "late_gate_margin_s": options.late_gate_margin_s,
-        "gated": True,  # DeduplicateEvents applies their gates (see build_pipeline)
-    }
-    fixed = WindowedAggregates(agg.FIXED, size_s=options.fixed_window_s, **common)
-    sliding = WindowedAggregates(
-        agg.SLIDING, size_s=options.sliding_window_s, period_s=options.sliding_period_s, **common
+    return EventTimeAggregates(
+        fixed_size_s=options.fixed_window_s, sliding_size_s=options.sliding_window_s,
+        sliding_period_s=options.sliding_period_s,
+        early_firing_delay_s=options.early_firing_delay_s if streaming else None,
+        allowed_lateness_s=options.allowed_lateness_s, late_gate_margin_s=options.late_gate_margin_s,
+        late_gate_lookahead_s=options.late_gate_lookahead_s,
+        dimensions=parse_dimensions(options.dimensions),
+        dedup_horizon_s=options.dedup_horizon_s, dedup_shards=options.dedup_shards,
     )
-    return fixed, sliding
 
 
 def build_pipeline(
@@ -150,37 +143,19 @@ def build_pipeline(
 ) -> AnalyticsOutputs:
     """Wire the analytics steps onto ``records`` (record values or ``KafkaRecord``\\ s of ``p``).
 
-    Raises ``ValueError`` if the dedup horizon is shorter than the time a window can still be
-    updated: a re-delivery the dedup step had forgotten could then be counted twice.
+    Raises ``ValueError`` for inconsistent options (see :class:`EventTimeAggregates`), e.g. a dedup
+    horizon shorter than the time a window can still be updated.
     """
     if records.pipeline is not p:
         raise ValueError("records must belong to pipeline p")
     opts = options.view_as(AnalyticsOptions)
-    fixed_step, sliding_step = aggregate_transforms(opts)
-    needed = max(fixed_step.retention_s, sliding_step.retention_s)
-    if opts.dedup_horizon_s < needed:
-        raise ValueError(
-            f"dedup_horizon_s={opts.dedup_horizon_s} is shorter than window size + allowed lateness + "
-            f"late gate margin ({needed} s): late re-deliveries could be double counted"
-        )
+    event_time = event_time_aggregates(opts)
     parsed = records | PARSE_LABEL >> ParseEvents()
-    # The dedup step gates late data for both aggregate kinds too: one keyed stage instead of three.
-    deduplicated = parsed.events | DEDUP_LABEL >> DeduplicateEvents(
-        horizon_s=opts.dedup_horizon_s, shards=opts.dedup_shards,
-        gates=(fixed_step.late_gate, sliding_step.late_gate), clock=fixed_step.clock)
-    events = deduplicated[EVENTS]
-    fixed = deduplicated[admitted_tag(agg.FIXED)] | FIXED_LABEL >> fixed_step
-    sliding = deduplicated[admitted_tag(agg.SLIDING)] | SLIDING_LABEL >> sliding_step
-    dead_letters = (
-        parsed.dead_letter,
-        deduplicated[too_late_tag(agg.FIXED)],
-        deduplicated[too_late_tag(agg.SLIDING)],
-    ) | DEAD_LETTERS_LABEL >> beam.Flatten()
-    alerts = None if opts.model_uri is None else events | SCORE_LABEL >> scoring_transform(opts)
-    return AnalyticsOutputs(
-        fixed=fixed[agg.AGGREGATES], sliding=sliding[agg.AGGREGATES], dead_letters=dead_letters,
-        alerts=alerts,
-    )
+    judged = parsed.events | EVENT_TIME_LABEL >> event_time
+    dead_letters = (parsed.dead_letter, judged.too_late) | DEAD_LETTERS_LABEL >> beam.Flatten()
+    alerts = None if opts.model_uri is None else judged.events | SCORE_LABEL >> scoring_transform(opts)
+    return AnalyticsOutputs(fixed=judged.fixed, sliding=judged.sliding, dead_letters=dead_letters,
+                            alerts=alerts)
 
 
 def scoring_transform(options: AnalyticsOptions) -> ScoreEvents:
@@ -356,10 +331,10 @@ def _run_on_flink(options: PipelineOptions, settings: Settings, wait: bool) -> P
         return JobJarWritten(jar)
     if not io.skip_migrations:
         migrate(settings.postgres_dsn, schema=io.postgres_schema)
+    master = options.view_as(FlinkRunnerOptions).flink_master or settings.flink_rest_url
     with tempfile.TemporaryDirectory(prefix="sa-job-jar-") as tmp:
         jar = Path(tmp) / "job.jar"
-        _write_job_jar(options, settings, jar)
-        master = options.view_as(FlinkRunnerOptions).flink_master or settings.flink_rest_url
+        _write_job_jar(options, settings, jar)  # (sets --flink_master to [auto] inside the jar)
         result = deploy_jar(FlinkRest(FlinkRunner.add_http_scheme(master)), jar,
                             savepoint=launch.restore_from,
                             allow_non_restored_state=launch.allow_non_restored_state)
@@ -369,7 +344,7 @@ def _run_on_flink(options: PipelineOptions, settings: Settings, wait: bool) -> P
 
 
 def _write_job_jar(options: PipelineOptions, settings: Settings, jar: Path) -> None:
-    p = beam.Pipeline(runner=JobJarRunner(jar), options=options)
+    p = beam.Pipeline(runner=JobJarRunner(jar, flink_job_base_jar(settings)), options=options)
     build_job(p, settings)
     p.run().wait_until_finish()  # the jar is complete only once this returns
 

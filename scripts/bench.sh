@@ -14,12 +14,19 @@ cd "$(dirname "$0")/.."
 
 PY=.venv/bin/python
 DOC=docs/benchmarks.md
-STEPS=(pipeline push_fanout)
+STEPS=(pipeline flink push_fanout)
 
 # Pipeline: the whole job's throughput (DirectRunner and Prism, bounded, with every sink) against a
 # plain-Python baseline in the same run, and end-to-end latency of early panes on Prism.
 bench_pipeline() {
   "$PY" -m benchmarks.pipeline_report --events 30000 --latency-seconds 45 --doc "$DOC"
+}
+
+# The job on the local Flink cluster: a drained backlog's events/s beside the plain-Python baseline
+# (counting only events that reach the aggregates), and early-pane latency; plus a short checkpoint
+# series (the 30-minute one is run by hand: benchmarks/checkpoint_series.py --minutes 30).
+bench_flink() {
+  "$PY" -m benchmarks.flink_bench --events 30000 --latency-seconds 45 --doc "$DOC"
 }
 
 # Push fan-out: our push server vs Centrifugo (same Redis stream ingestion), 1k and 5k subscribers

@@ -1,14 +1,19 @@
-"""WindowedAggregates: per-dimension statistics of ``amount`` over fixed or sliding event-time windows.
+"""Event-time aggregates: per-dimension statistics of ``amount`` over fixed and sliding windows.
 
-One instance per aggregate kind (``fixed``, ``sliding``); each is a chain of small, stably labelled
-steps (Flink savepoints bind state to these labels — never rename them):
+:class:`EventTimeAggregates` is the step the job runs, one chain::
 
-``BatchByShard`` → ``GateTooLateBatches`` → ``PreAggregateWindows`` → ``Window`` → ``KeepOwnWindow``
-→ ``Combine`` → ``AttachPane`` (with ``pre_aggregate=False``: ``Unbatch`` → ``KeyByDimension`` →
-``Window`` → ``Combine`` → ``AttachPane``). Keyed steps take one batch per shard and bundle
-(``transforms/batching.py``: Beam Python's keyed state costs per key touched, not per byte).
-In the job the gate runs upstream instead, inside ``DeduplicateEvents`` (``gated=True`` here, the
-rule is :class:`LateGate`): one keyed stage less between an event and its early pane.
+    DeduplicateEvents (dedup + the late-data rule) ─┬─ admitted (fixed)   ─ FixedAggregates
+                                                    ├─ admitted (sliding) ─ SlidingAggregates
+                                                    ├─ events (every first delivery, for scoring)
+                                                    └─ too_late (dead letters)
+
+The rule that decides "too late" lives in ``transforms/late_data.py`` and is applied once, by
+``DeduplicateEvents`` (``transforms/dedup.py``), which learns the watermark from event-time timers;
+the windows below only ever see what it admitted. Flink savepoints bind state to the step labels
+(docs/pipeline.md lists them) — never rename one.
+
+:class:`WindowedAggregates` (one per kind) is a chain of small, stably labelled steps:
+``PreAggregateWindows`` → ``Window`` → ``KeepOwnWindow`` → ``Combine`` → ``AttachPane``.
 
 * **Window**: event-time windows with the trigger written out in full::
 
@@ -16,7 +21,12 @@ rule is :class:`LateGate`): one keyed stage less between an event and its early 
                      late=AfterCount(1))                                 # one pane per late batch
 
   ACCUMULATING panes (every pane carries the whole window so far, so a reader keeps the newest and
-  drops the rest), allowed lateness as configured.
+  drops the rest). The late-data rule decides per event: an event whose newest window is still
+  open (its end + allowed lateness not passed) counts in *every* window it belongs to; a refused
+  one in none. So the GroupByKey keeps a window for the allowed lateness, plus ``size - period``
+  (a sliding window's oldest events have newer windows that close that much later), plus
+  ``late_gate_margin`` for what the rule admitted while its knowledge of the watermark lagged
+  (docs/pipeline.md, "Late data").
 * **PreAggregateWindows / Window / KeepOwnWindow / Combine**: a bundle-local partial aggregate per
   (dimension key, window), computed before windowing and timestamped inside its window; ``Window``
   assigns the standard windows, ``KeepOwnWindow`` keeps the partial's own, and a CombinePerKey
@@ -26,23 +36,6 @@ rule is :class:`LateGate`): one keyed stage less between an event and its early 
   histogram bucket counts, HyperLogLog registers), so the result does not depend on bundling.
 * **AttachPane**: turns each firing into an :class:`Aggregate` with the window bounds and the pane
   (index, EARLY/ON_TIME/LATE, final flag) read from ``WindowParam``/``PaneInfoParam``.
-
-Late data beyond the allowed lateness (``GateTooLate``): Beam drops such data inside the GroupByKey
-without a trace, and Beam Python cannot read the watermark in a DoFn. So the gate estimates it: a
-stateful DoFn keyed by a shard of the event id keeps the maximum event time seen by its shard and
-takes ``max event time - max_out_of_orderness`` as the watermark estimate — the same bounded
-out-of-orderness rule the Kafka source uses to emit the real watermark. An event whose *newest*
-window closed (``window end + allowed lateness < estimate``) is refused: counted in
-``too_late_events.<kind>`` and sent to the ``too_late`` output as a :class:`DeadLetter`. The
-GroupByKey itself keeps windows for ``allowed_lateness + late_gate_margin`` so that it does not drop
-what the gate let in, as long as the real watermark runs at most ``late_gate_margin`` ahead of a
-shard's estimate. With traffic spread over all shards the estimate tracks the source's watermark
-closely (it is the max over one shard, the source's is a min over partitions, so it is usually
-*ahead*); the residual risk is a watermark advanced without events (an idle-source timeout),
-followed by events for windows closed more than the margin ago: those are dropped by the
-GroupByKey, uncounted. We chose this over the alternatives because it is exact in the common case,
-keyed (it scales out and its state is checkpointed by Flink), costs one small state read per batch,
-and gives the DLQ the event itself, not just a number.
 """
 
 # Beam 2.77 ships partial annotations: its transform constructors (ParDo, Map, CombinePerKey,
@@ -54,45 +47,45 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import apache_beam as beam
-from apache_beam.coders import VarIntCoder
-from apache_beam.metrics.metric import Metrics
 from apache_beam.portability.api import beam_runner_api_pb2
-from apache_beam.pvalue import PCollection, TaggedOutput
+from apache_beam.pvalue import PCollection
 from apache_beam.transforms import trigger, window
-from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
-from apache_beam.transforms.window import GlobalWindow, TimestampedValue
+from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming, WindowedValue
 
 from streaming_analytics.events import Event
 from streaming_analytics.streams import window_key
-from transforms import metrics
-from transforms.batching import EventBatch, batch_by_shard
-from transforms.records import DeadLetter
+from transforms.dedup import (
+    DEFAULT_HORIZON_S,
+    DEFAULT_SHARDS,
+    EVENTS,
+    TOO_LATE,
+    DeduplicateEvents,
+    admitted_tag,
+)
+from transforms.late_data import Deadlines, LateDataRule
 from transforms.sketches import HyperLogLog, QuantileSketch
 
 FIXED: Final = "fixed"
 SLIDING: Final = "sliding"
 KINDS: Final = (FIXED, SLIDING)
 
-#: Tags of the two outputs of :class:`WindowedAggregates`.
-AGGREGATES: Final = "aggregates"
-TOO_LATE: Final = "too_late"
-
-#: Reason code of events refused by the late-data gate.
-TOO_LATE_REASON: Final = "too_late"
+#: Stable step labels inside :class:`EventTimeAggregates` (Flink savepoints bind state to them).
+DEDUP_LABEL: Final = "DeduplicateEvents"
+FIXED_LABEL: Final = "FixedAggregates"
+SLIDING_LABEL: Final = "SlidingAggregates"
 
 DEFAULT_FIXED_SIZE_S: Final = 60.0
 DEFAULT_SLIDING_SIZE_S: Final = 300.0
 DEFAULT_SLIDING_PERIOD_S: Final = 60.0
 DEFAULT_EARLY_FIRING_DELAY_S: Final = 1.0
 DEFAULT_ALLOWED_LATENESS_S: Final = 120.0
-DEFAULT_MAX_OUT_OF_ORDERNESS_S: Final = 5.0
 DEFAULT_LATE_GATE_MARGIN_S: Final = 60.0
-DEFAULT_LATE_GATE_SHARDS: Final = 16
+DEFAULT_LATE_GATE_LOOKAHEAD_S: Final = 3600.0
 
 _GLOBAL_WINDOWS: Final = (GlobalWindow(),)
 
@@ -345,97 +338,9 @@ def _ms(ts: Timestamp) -> int:
     return int(ts.micros // 1000)
 
 
-@dataclass(frozen=True)
-class LateGate:
-    """The too-late rule of one aggregate kind (module docstring, "Late data"), free of Beam.
-
-    With ``seen`` the highest event time a shard has seen so far (this event included), an event
-    at ``t`` is refused when ``seen - max_out_of_orderness`` (the watermark estimate) is past the
-    end of the newest window containing ``t`` plus the allowed lateness. Applied by
-    ``GateTooLateBatches`` here, or upstream by ``DeduplicateEvents`` when the pipeline lets that
-    stateful step gate too (one keyed stage less between an event and its early pane).
-    """
-
-    kind: str
-    size_ms: int
-    period_ms: int
-    lateness_ms: int
-    ooo_ms: int
-
-    def closes_at(self, t: int) -> int:
-        """When the newest window containing ``t`` stops taking events (sliding windows start
-        every period; fixed: period = size)."""
-        return t - t % self.period_ms + self.size_ms + self.lateness_ms
-
-    def refuses(self, t: int, seen: int) -> bool:
-        return seen - self.ooo_ms > self.closes_at(t)
-
-    def dead_letter(self, event: Event, seen: int, failed_at_ms: int) -> DeadLetter:
-        t = event.event_time_ms
-        return DeadLetter(
-            raw=event.to_json(),
-            reason_code=TOO_LATE_REASON,
-            reason_detail=(
-                f"{self.kind} windows of event time {t} closed at {self.closes_at(t)} "
-                f"(window end + allowed lateness); watermark estimate {seen - self.ooo_ms}"
-            ),
-            topic=None,
-            partition=None,
-            offset=None,
-            failed_at_ms=failed_at_ms,
-        )
-
-
-_MAX_EVENT_MS = ReadModifyWriteStateSpec("max_event_ms", VarIntCoder())
-_MAX_EVENT_MS_PARAM = beam.DoFn.StateParam(_MAX_EVENT_MS)
-
-
-class _LateGateFn(beam.DoFn):
-    """Keyed by shard, one batch of events per element: refuse events whose newest window closed
-    by the shard's watermark estimate; emit the admitted ones as one batch.
-
-    The batch is judged event by event in its order, the estimate moving with each event, exactly
-    as if the events came one by one; the state is read and written once per batch.
-    """
-
-    def __init__(self, gate: LateGate, clock: Callable[[], float]) -> None:
-        super().__init__()
-        self._gate = gate
-        self._clock = clock
-        self._too_late = Metrics.counter(metrics.NAMESPACE, metrics.too_late_events(gate.kind))
-
-    def process(
-        self,
-        element: tuple[int, list[Event]],
-        max_event_ms: Any = _MAX_EVENT_MS_PARAM,
-    ) -> Iterator[Any]:
-        events = element[1]
-        stored = max_event_ms.read()
-        seen = stored
-        gate = self._gate
-        admitted = EventBatch()
-        refused: list[DeadLetter] = []
-        for event in events:
-            t = event.event_time_ms
-            if seen is None or t > seen:
-                seen = t
-            if gate.refuses(t, seen):
-                refused.append(gate.dead_letter(event, seen, int(self._clock() * 1000)))
-            else:
-                admitted.append(event)
-        if seen is not None and seen != stored:
-            max_event_ms.write(seen)
-        if admitted:
-            yield admitted
-        if refused:
-            self._too_late.inc(len(refused))
-            for letter in refused:
-                yield TaggedOutput(TOO_LATE, letter)
-
-
 class _PreAggregateFn(beam.DoFn):
-    """Batches of events (global window) → one partial aggregate per (dimension key, window start)
-    per bundle, emitted at the end of the bundle, still in the global window.
+    """Admitted event batches (global window) → one partial aggregate per (dimension key, window
+    start) per bundle, emitted at the end of the bundle, still in the global window.
 
     It computes each event's windows itself (integer arithmetic, the same rule as Beam's
     ``FixedWindows``/``SlidingWindows`` with offset 0) and does the per-event work (micro-units,
@@ -518,11 +423,6 @@ class _KeepOwnWindowFn(beam.DoFn):
             yield key, acc
 
 
-def _unbatch(events: list[Event]) -> Iterator[TimestampedValue[Event]]:
-    for event in events:
-        yield TimestampedValue(event, Timestamp(micros=event.event_time_ms * 1000))
-
-
 class _AttachPaneFn(beam.DoFn):
     """Combine output + window + pane info → :class:`Aggregate`."""
 
@@ -560,19 +460,9 @@ class _AttachPaneFn(beam.DoFn):
         )
 
 
-_Keyed = tuple[tuple[str, str], Event]
-
-
-def _by_dimension(dimensions: Sequence[Dimension]) -> Callable[[Event], Iterator[_Keyed]]:
-    def fan_out(event: Event) -> Iterator[_Keyed]:
-        for d in dimensions:
-            yield (d.name, d.key_of(event)), event
-
-    return fan_out
-
-
 class WindowedAggregates(beam.PTransform[Any, Any]):
-    """Per-dimension window aggregates of timestamped, deduplicated events (see the module docstring).
+    """Per-dimension window aggregates of one kind (see the module docstring), over the event batches
+    that :class:`~transforms.dedup.DeduplicateEvents` admitted for this kind.
 
     Args:
         kind: ``"fixed"`` or ``"sliding"``.
@@ -584,16 +474,11 @@ class WindowedAggregates(beam.PTransform[Any, Any]):
         allowed_lateness_s: how long after the watermark passes a window's end late events still
             update it, each in a LATE pane (default 120 s).
         dimensions: the groupings (default: event type x country, category).
-        max_out_of_orderness_s: the late gate's bound (keep it equal to the source's), default 5 s.
-        late_gate_margin_s: extra time the GroupByKey keeps a window beyond the allowed lateness.
-        late_gate_shards: parallelism of the late gate.
-        pre_aggregate: combine per bundle before the shuffle (exact; off only to compare in tests).
-        gated: the input is already gated — :class:`EventBatch`\\ es that :attr:`late_gate` admitted
-            upstream (``DeduplicateEvents(gates=...)``) — so this transform has no gate of its own.
-        clock: wall clock (seconds) for ``emitted_at_ms`` and ``failed_at_ms``; tests inject one.
+        late_gate_margin_s: extra time the GroupByKey keeps a window beyond what the rule needs
+            (see the module docstring).
+        clock: wall clock (seconds) for ``emitted_at_ms``; tests inject one.
 
-    Output: dict with ``aggregates`` (:class:`Aggregate` per key, window and pane) and, unless
-    ``gated``, ``too_late`` (:class:`DeadLetter`\\ s). Counter ``too_late_events.<kind>``.
+    Output: :class:`Aggregate`\\ s, one per key, window and pane.
     """
 
     def __init__(
@@ -605,11 +490,7 @@ class WindowedAggregates(beam.PTransform[Any, Any]):
         early_firing_delay_s: float | None = DEFAULT_EARLY_FIRING_DELAY_S,
         allowed_lateness_s: float = DEFAULT_ALLOWED_LATENESS_S,
         dimensions: Sequence[Dimension] = DEFAULT_DIMENSIONS,
-        max_out_of_orderness_s: float = DEFAULT_MAX_OUT_OF_ORDERNESS_S,
         late_gate_margin_s: float = DEFAULT_LATE_GATE_MARGIN_S,
-        late_gate_shards: int = DEFAULT_LATE_GATE_SHARDS,
-        pre_aggregate: bool = True,
-        gated: bool = False,
         clock: Callable[[], float] = time.time,
         label: str | None = None,
     ) -> None:
@@ -624,12 +505,11 @@ class WindowedAggregates(beam.PTransform[Any, Any]):
             raise ValueError("fixed windows have no period distinct from their size")
         if not 0 < period_s <= size_s:
             raise ValueError(f"need 0 < period_s <= size_s, got period {period_s}, size {size_s}")
-        if size_s * 1000 % 1 or period_s * 1000 % 1:
-            raise ValueError("window size and period must be whole milliseconds")
-        if (early_firing_delay_s or 0) < 0 or allowed_lateness_s < 0 or max_out_of_orderness_s < 0:
-            raise ValueError("delays, lateness and out-of-orderness must be >= 0")
-        if late_gate_margin_s < 0 or late_gate_shards < 1:
-            raise ValueError("late_gate_margin_s must be >= 0 and late_gate_shards >= 1")
+        if (size_s * 1000 % 1 or period_s * 1000 % 1 or allowed_lateness_s * 1000 % 1
+                or late_gate_margin_s * 1000 % 1):
+            raise ValueError("window size, period, lateness and margin must be whole milliseconds")
+        if (early_firing_delay_s or 0) < 0 or allowed_lateness_s < 0 or late_gate_margin_s < 0:
+            raise ValueError("delays, lateness and margin must be >= 0")
         if not dimensions:
             raise ValueError("at least one dimension is required")
         self.kind = kind
@@ -638,48 +518,35 @@ class WindowedAggregates(beam.PTransform[Any, Any]):
         self.early_firing_delay_s = early_firing_delay_s
         self.allowed_lateness_s = allowed_lateness_s
         self.dimensions = tuple(dimensions)
-        self.max_out_of_orderness_s = max_out_of_orderness_s
         self.late_gate_margin_s = late_gate_margin_s
-        self.late_gate_shards = late_gate_shards
-        self.pre_aggregate = pre_aggregate
-        self.gated = gated
         self.clock = clock
 
     @property
-    def late_gate(self) -> LateGate:
-        """The too-late rule of these windows (for a gate upstream, see ``gated``)."""
-        return LateGate(kind=self.kind, size_ms=round(self.size_s * 1000),
-                        period_ms=round(self.period_s * 1000),
-                        lateness_ms=round(self.allowed_lateness_s * 1000),
-                        ooo_ms=round(self.max_out_of_orderness_s * 1000))
+    def deadlines(self) -> Deadlines:
+        """When these windows stop taking an event (the late-data rule's view of them)."""
+        return Deadlines(kind=self.kind, size_ms=round(self.size_s * 1000),
+                         period_ms=round(self.period_s * 1000),
+                         lateness_ms=round(self.allowed_lateness_s * 1000))
 
     @property
     def retention_s(self) -> float:
-        """How long after a window's start the GroupByKey may still update it (for dedup sizing)."""
+        """How long after its newest window starts an event may still be admitted, plus the margin:
+        what the dedup horizon must cover, so that a re-delivery the dedup step has forgotten is
+        refused by the late-data rule instead of counted twice."""
         return self.size_s + self.allowed_lateness_s + self.late_gate_margin_s
+
+    @property
+    def window_retention_s(self) -> float:
+        """How long after its start the GroupByKey keeps a window (see the module docstring)."""
+        return 2 * self.size_s - self.period_s + self.allowed_lateness_s + self.late_gate_margin_s
 
     def _window_fn(self) -> window.WindowFn:
         if self.kind == FIXED:
             return window.FixedWindows(self.size_s)
         return window.SlidingWindows(self.size_s, self.period_s)
 
-    def expand(self, events: PCollection[Any]) -> dict[str, PCollection[Any]]:
+    def expand(self, admitted: PCollection[Any]) -> PCollection[Any]:
         size_ms, period_ms = round(self.size_s * 1000), round(self.period_s * 1000)
-        too_late: PCollection[Any] | None = None
-        if self.gated:
-            admitted: PCollection[Any] = events
-        else:
-            gate = (
-                events
-                | "BatchByShard" >> batch_by_shard(self.late_gate_shards)
-                | "GateTooLateBatches"
-                >> beam.ParDo(_LateGateFn(self.late_gate, self.clock))
-                # An EventBatch, so that where the batch crosses a stage boundary it is one orjson
-                # document (EventBatchCoder) instead of a list pickled event by event.
-                .with_output_types(EventBatch)
-                .with_outputs(TOO_LATE, main="events")
-            )
-            admitted, too_late = gate.events, gate[TOO_LATE]
         window_into = beam.WindowInto(
             self._window_fn(),
             # Early: a speculative pane `early_firing_delay_s` of processing time after the first
@@ -692,27 +559,81 @@ class WindowedAggregates(beam.PTransform[Any, Any]):
                 late=trigger.AfterCount(1),
             ),
             accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
-            # The gate enforces allowed_lateness; the margin keeps the GroupByKey from dropping
-            # what the gate let in (see the module docstring).
-            allowed_lateness=self.allowed_lateness_s + self.late_gate_margin_s,
+            allowed_lateness=self.window_retention_s - self.size_s,  # see the module docstring
         )
-        if self.pre_aggregate:
-            combined = (
-                admitted
-                | "PreAggregateWindows" >> beam.ParDo(_PreAggregateFn(size_ms, period_ms, self.dimensions))
-                | "Window" >> window_into
-                | "KeepOwnWindow" >> beam.ParDo(_KeepOwnWindowFn())
-                | "Combine" >> beam.CombinePerKey(MergePartialsFn())
-            )
-        else:
-            combined = (
-                admitted
-                | "Unbatch" >> beam.FlatMap(_unbatch)
-                | "KeyByDimension" >> beam.FlatMap(_by_dimension(self.dimensions))
-                | "Window" >> window_into
-                | "Combine" >> beam.CombinePerKey(EventStatsFn())
-            )
-        aggregates = combined | "AttachPane" >> beam.ParDo(_AttachPaneFn(self.kind, self.clock))
-        if too_late is None:
-            return {AGGREGATES: aggregates}
-        return {AGGREGATES: aggregates, TOO_LATE: too_late}
+        combined = (
+            admitted
+            | "PreAggregateWindows" >> beam.ParDo(_PreAggregateFn(size_ms, period_ms, self.dimensions))
+            | "Window" >> window_into
+            | "KeepOwnWindow" >> beam.ParDo(_KeepOwnWindowFn())
+            | "Combine" >> beam.CombinePerKey(MergePartialsFn())
+        )
+        aggregates: PCollection[Any] = combined | "AttachPane" >> beam.ParDo(
+            _AttachPaneFn(self.kind, self.clock))
+        return aggregates
+
+
+class EventTimeOutputs(NamedTuple):
+    """What :class:`EventTimeAggregates` returns."""
+
+    events: PCollection[Any]  # Event: every first delivery (for scoring), too-late ones included
+    fixed: PCollection[Any]  # Aggregate, kind "fixed"
+    sliding: PCollection[Any]  # Aggregate, kind "sliding"
+    too_late: PCollection[Any]  # DeadLetter, reason too_late: one per refused event
+
+
+class EventTimeAggregates(beam.PTransform[Any, Any]):
+    """Deduplicated, late-data-judged events → fixed and sliding aggregates: the job's event-time
+    step, the one place where the dedup step, the late-data rule and the windows are put together.
+
+    Input: timestamped :class:`Event`\\ s in the global window (``ParseEvents`` output). The windows,
+    lateness, margin, lookahead and dimensions are the tunables of docs/pipeline.md; ``clock`` stamps
+    ``emitted_at_ms`` and the dead letters' ``failed_at_ms`` (tests inject one).
+
+    Raises ``ValueError`` if the dedup horizon is shorter than the time a window can still be
+    updated: a re-delivery the dedup step had forgotten could then be counted twice.
+    """
+
+    def __init__(
+        self,
+        *,
+        fixed_size_s: float = DEFAULT_FIXED_SIZE_S,
+        sliding_size_s: float = DEFAULT_SLIDING_SIZE_S,
+        sliding_period_s: float = DEFAULT_SLIDING_PERIOD_S,
+        early_firing_delay_s: float | None = DEFAULT_EARLY_FIRING_DELAY_S,
+        allowed_lateness_s: float = DEFAULT_ALLOWED_LATENESS_S,
+        late_gate_margin_s: float = DEFAULT_LATE_GATE_MARGIN_S,
+        late_gate_lookahead_s: float = DEFAULT_LATE_GATE_LOOKAHEAD_S,
+        dimensions: Sequence[Dimension] = DEFAULT_DIMENSIONS,
+        dedup_horizon_s: float = DEFAULT_HORIZON_S,
+        dedup_shards: int = DEFAULT_SHARDS,
+        clock: Callable[[], float] = time.time,
+        label: str | None = None,
+    ) -> None:
+        super().__init__(label)
+        common: dict[str, Any] = {
+            "early_firing_delay_s": early_firing_delay_s, "allowed_lateness_s": allowed_lateness_s,
+            "dimensions": dimensions, "late_gate_margin_s": late_gate_margin_s, "clock": clock,
+        }
+        self.fixed = WindowedAggregates(FIXED, size_s=fixed_size_s, **common)
+        self.sliding = WindowedAggregates(SLIDING, size_s=sliding_size_s, period_s=sliding_period_s,
+                                          **common)
+        needed = max(self.fixed.retention_s, self.sliding.retention_s)
+        if dedup_horizon_s < needed:
+            raise ValueError(
+                f"dedup_horizon_s={dedup_horizon_s} is shorter than window size + allowed lateness + "
+                f"late gate margin ({needed} s): late re-deliveries could be double counted")
+        if late_gate_lookahead_s < 0 or late_gate_lookahead_s * 1000 % 1:
+            raise ValueError("late_gate_lookahead_s must be >= 0 and whole milliseconds")
+        self.rule = LateDataRule(kinds=(self.fixed.deadlines, self.sliding.deadlines),
+                                 lookahead_ms=round(late_gate_lookahead_s * 1000))
+        self.dedup = DeduplicateEvents(dedup_horizon_s, shards=dedup_shards, rule=self.rule, clock=clock)
+
+    def expand(self, events: PCollection[Any]) -> EventTimeOutputs:
+        judged = events | DEDUP_LABEL >> self.dedup
+        return EventTimeOutputs(
+            events=judged[EVENTS],
+            fixed=judged[admitted_tag(FIXED)] | FIXED_LABEL >> self.fixed,
+            sliding=judged[admitted_tag(SLIDING)] | SLIDING_LABEL >> self.sliding,
+            too_late=judged[TOO_LATE],
+        )

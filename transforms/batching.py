@@ -8,7 +8,7 @@ trip on Flink), weighed for the SDK's state cache (``objsize`` walks every loade
 means a stateful step touches each shard's state once per bundle, whatever the bundle's size, and
 the keyed shuffle carries one element per shard and bundle instead of one per event.
 
-:class:`BatchByShard` keeps the events' order within a shard (the order the stateful step would
+:func:`batch_by_shard` keeps the events' order within a shard (the order the stateful step would
 have seen them one by one), so a batch processed element by element gives the same results.
 """
 
@@ -86,16 +86,6 @@ class EventBatchCoder(coders.Coder):
 
 coders.registry.register_coder(Event, EventCoder)  # type: ignore[attr-defined]
 coders.registry.register_coder(EventBatch, EventBatchCoder)  # type: ignore[attr-defined]
-
-
-def shard_of(event_id: str, shards: int) -> int:
-    """Stable shard of an event id (crc32, not ``hash()``: Python salts str hashes per process)."""
-    return zlib.crc32(event_id.encode()) % shards
-
-
-def event_timestamp_micros(event: Event) -> int:
-    """The Beam timestamp of an event in microseconds: its event time (see ``ParseEvents``)."""
-    return event.event_time_ms * 1000
 
 
 class _BatchByShardFn(beam.DoFn):

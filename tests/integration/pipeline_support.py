@@ -1,19 +1,27 @@
-"""Shared by the pipeline's end-to-end and fault tests: the exactness check (the private job they
-run in is streaming_analytics.sandbox).
+"""Shared by the pipeline's end-to-end, late-data and fault tests: the exactness check (the private
+job they run in is streaming_analytics.sandbox).
 
 The check recomputes every window's aggregates independently, in plain Python, from the records
 actually in the topic (first delivery of each event id counts), and compares them with the final
 pane of each window in Postgres and the newest pane of each window key in the Redis streams.
+
+Events the job refused as too late are read from its dead letters (one per event, naming the
+aggregate kinds that refused it); each must be a valid first delivery whose deadline for those
+kinds (newest window end + allowed lateness) lies behind the topic's event-time progress, and it is
+then left out of exactly those kinds' windows — every other event counts in every window it belongs
+to. So an event both counted and refused, or neither, or refused without cause, fails the check.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import orjson
 import psycopg2
 import pytest
 import redis
@@ -29,6 +37,7 @@ from streaming_analytics.streams import (
     StreamEntry,
     stream_key,
 )
+from transforms.kafka_source import event_time_from_payload
 
 DIMENSIONS = {"event_type_country": ("event_type", "country"), "category": ("category",)}
 WindowKey = tuple[str, str, str, int, int]
@@ -54,6 +63,20 @@ class Windows:
         for start in range(last, t - self.sliding_s * 1000, -self.period_s * 1000):
             yield "sliding", start, start + self.sliding_s * 1000
 
+    def deadline(self, kind: str, t_ms: int, lateness_s: float) -> int:
+        """When ``kind``'s newest window containing ``t_ms`` stops taking events: end + lateness."""
+        size, period = (self.fixed_s, self.fixed_s) if kind == "fixed" else (self.sliding_s, self.period_s)
+        return t_ms - t_ms % (period * 1000) + size * 1000 + round(lateness_s * 1000)
+
+
+@dataclass(frozen=True)
+class Lateness:
+    """The job's late-data settings, for judging its refusals: ``--allowed_lateness_s`` and the
+    source's watermark bound ``--max_out_of_orderness_s``."""
+
+    allowed_s: float = 120.0
+    source_bound_s: float = 5.0
+
 
 @dataclass
 class Stats:
@@ -78,28 +101,78 @@ def consume_all(s: Settings, partitions: int) -> list:
     return records
 
 
-def expected_aggregates(records: list,
-                        windows: Windows) -> tuple[dict[WindowKey, Stats], set[tuple[int, int]]]:
-    """Aggregate the records the plain way; also return the positions of the malformed ones."""
-    seen: set[str] = set()
+def first_deliveries(records: list) -> tuple[dict[str, Event], set[tuple[int, int]]]:
+    """The first delivery of every event id (by partition and offset: the generator's re-deliveries
+    are byte-identical, so which copy the job saw first does not matter) and the positions of the
+    malformed records."""
+    events: dict[str, Event] = {}
     malformed: set[tuple[int, int]] = set()
-    out: dict[WindowKey, Stats] = defaultdict(Stats)
     for r in sorted(records, key=lambda r: (r.partition, r.offset)):
         try:
             event = parse_event(r.value)
         except InvalidEvent:
             malformed.add((r.partition, r.offset))
             continue
-        if event.event_id in seen:
-            continue
-        seen.add(event.event_id)
+        events.setdefault(event.event_id, event)
+    return events, malformed
+
+
+def expected_aggregates(records: list, windows: Windows, refused: dict[str, frozenset[str]] | None = None,
+                        ) -> tuple[dict[WindowKey, Stats], set[tuple[int, int]]]:
+    """Aggregate the records the plain way, leaving each refused event (id -> kinds) out of those
+    kinds' windows; also return the positions of the malformed records."""
+    events, malformed = first_deliveries(records)
+    out: dict[WindowKey, Stats] = defaultdict(Stats)
+    for event in events.values():
+        left_out = (refused or {}).get(event.event_id, frozenset())
         for dimension, fields in DIMENSIONS.items():
             key = "|".join(getattr(event, f) for f in fields)
             for kind, start, end in windows.of(event):
+                if kind in left_out:
+                    continue
                 stats = out[(kind, dimension, key, start, end)]
                 stats.amounts.append(event.amount)
                 stats.users.add(event.user_id)
     return out, malformed
+
+
+_REFUSED_BY = re.compile(r"^too late for ([a-z]+(?:, [a-z]+)*):")
+
+
+def refused_events(dead: list[tuple[int | None, int | None, str, bytes | None, str]], records: list,
+                   partitions: int, windows: Windows, lateness: Lateness | None) -> dict[str, frozenset[str]]:
+    """The too-late dead letters as event id -> refusing kinds, each checked: one letter per event,
+    a valid first delivery, refused only by kinds whose deadline for it lies behind the topic's
+    event-time progress (the lowest of the partitions' newest event times, minus the source's
+    bound: the job's watermark never passed it, short of the idle timeout after everything was read;
+    a partition without records holds it back for good)."""
+    letters = [(raw, detail) for p, o, code, raw, detail in dead if code == "too_late"]
+    if lateness is None:
+        assert not letters, f"{len(letters)} events refused as too late"
+        return {}
+    events, _ = first_deliveries(records)
+    newest: dict[int, int] = {}
+    for r in records:  # event times as the Kafka source reads them for its watermark
+        t = event_time_from_payload(r.value) or r.timestamp
+        newest[r.partition] = max(newest.get(r.partition, t), t)
+    progress = (min(newest.values()) - round(lateness.source_bound_s * 1000)
+                if len(newest) == partitions else None)
+    refused: dict[str, frozenset[str]] = {}
+    for raw, detail in letters:
+        assert raw is not None
+        event_id = orjson.loads(bytes(raw))["event_id"]
+        match = _REFUSED_BY.match(detail)
+        assert match, detail
+        kinds = frozenset(match[1].split(", "))
+        assert event_id not in refused, f"{event_id} dead-lettered twice"
+        assert event_id in events, f"{event_id}: refused, but not a first delivery in the topic"
+        assert kinds <= {"fixed", "sliding"}, detail
+        t = events[event_id].event_time_ms
+        for kind in kinds:
+            assert progress is not None and windows.deadline(kind, t, lateness.allowed_s) <= progress, (
+                f"{event_id} refused by {kind} though its deadline was ahead of the topic's progress")
+        refused[event_id] = kinds
+    return refused
 
 
 def _exact_quantile(values: list[float], q: float) -> float:
@@ -107,11 +180,27 @@ def _exact_quantile(values: list[float], q: float) -> float:
     return ordered[math.floor(q * (len(ordered) - 1))]
 
 
-def assert_results_exact(s: Settings, schema: str, partitions: int, windows: Windows) -> int:
+def assert_results_exact(s: Settings, schema: str, partitions: int, windows: Windows,
+                         lateness: Lateness | None = None) -> int:
     """Postgres and Redis hold exactly the independently computed aggregates; every malformed
-    record is dead-lettered once. Returns the number of windows checked."""
+    record is dead-lettered once; one alert per anomalous event. Without ``lateness`` no event may
+    be refused as too late; with it, refusals are checked and left out (see the module docstring).
+    Returns the number of windows checked."""
+    return check_results(s, schema, partitions, windows, lateness).windows
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What :func:`check_results` compared: windows, and events refused as too late by kind."""
+
+    windows: int
+    refused: dict[str, frozenset[str]]
+
+
+def check_results(s: Settings, schema: str, partitions: int, windows: Windows,
+                  lateness: Lateness | None = None) -> Checked:
+    """:func:`assert_results_exact`, returning what it compared."""
     records = consume_all(s, partitions)
-    expected, malformed = expected_aggregates(records, windows)
     anomalous = {parse_event(r.value).event_id for r in records
                  if dict(r.headers).get(KIND_HEADER) == b"anomalous"}
     with psycopg2.connect(s.postgres_dsn) as conn, conn.cursor() as cur:
@@ -120,11 +209,14 @@ def assert_results_exact(s: Settings, schema: str, partitions: int, windows: Win
             f" (extract(epoch FROM window_end) * 1000)::bigint, count, sum_amount, min_amount, max_amount,"
             f" mean_amount, p50, p95, p99, distinct_users, pane_index FROM {schema}.aggregates")
         rows = {tuple(r[:5]): r[5:] for r in cur.fetchall()}
-        cur.execute(f"SELECT source_partition, source_offset, reason_code FROM {schema}.dead_letters")
+        cur.execute(f"SELECT source_partition, source_offset, reason_code, raw, reason_detail"
+                    f" FROM {schema}.dead_letters")
         dead = cur.fetchall()
         cur.execute(f"SELECT event_id, model_version FROM {schema}.alerts")
         alerts = cur.fetchall()
 
+    refused = refused_events(dead, records, partitions, windows, lateness)
+    expected, malformed = expected_aggregates(records, windows, refused)
     assert set(rows) == set(expected), "windows differ from the independent computation"
     for key, stats in expected.items():
         count, total, low, high, mean, p50, p95, p99, distinct, _pane = rows[key]
@@ -140,9 +232,8 @@ def assert_results_exact(s: Settings, schema: str, partitions: int, windows: Win
         else:
             assert distinct == pytest.approx(len(stats.users), rel=0.048), key
 
-    positions = [(p, o) for p, o, _ in dead]
+    positions = [(p, o) for p, o, code, *_ in dead if code != "too_late"]
     assert sorted(positions) == sorted(malformed), "dead letters differ from the malformed records"
-    assert all(code != "too_late" for *_, code in dead)
     # The model separates the generator's anomalies cleanly: one alert per anomalous event, no other.
     assert sorted(e for e, _ in alerts) == sorted(anomalous), "alerts differ from the anomalous events"
     assert {v for _, v in alerts} == {"v1"}
@@ -166,7 +257,7 @@ def assert_results_exact(s: Settings, schema: str, partitions: int, windows: Win
                 assert entry.pane == rows[key][-1], "the stream's newest pane is the row's pane"
     finally:
         client.close()
-    return len(expected)
+    return Checked(len(expected), refused)
 
 
 def wait_for_committed_offsets(s: Settings, partitions: int, timeout_s: float = 60) -> dict[int, int]:

@@ -24,15 +24,12 @@ from transforms.sketches import HyperLogLog, QuantileSketch
 
 pytestmark = pytest.mark.unit
 
-#: Batches span 50 s of event time in shuffled order, so the out-of-orderness bound is 50 s, as the
-#: Kafka source would be configured for such a stream.
 FLAGS = [
-    "--allowed_lateness_s=30", "--max_out_of_orderness_s=50", "--dedup_shards=1",
-    "--late_gate_margin_s=60", "--early_firing_delay_s=1", "--dedup_horizon_s=600",
+    "--allowed_lateness_s=30", "--dedup_shards=2", "--late_gate_margin_s=60", "--early_firing_delay_s=1",
+    "--dedup_horizon_s=600", "--late_gate_lookahead_s=600",
 ]
 #: Batch step -> event time (s) of a late event sent after that batch: the watermark is at
-#: step * 50 + 45 and the late gate's estimate at most step * 50 + 50, so [120, 180) and [180, 240)
-#: are closed but within their 30 s of allowed lateness.
+#: step * 50 + 45, so [120, 180) and [180, 240) are closed but within their 30 s of allowed lateness.
 LATE_AT = {3: 175, 4: 230}
 WINDOWS = {"fixed": (60, 60), "sliding": (300, 60)}  # size, period (the defaults)
 
@@ -82,11 +79,11 @@ def _scenario() -> tuple[_TestStream, list[dict[str, Any]], list[str]]:
             accepted.append(late)
             stream = stream.add_elements([record(raw_doc(late))])
     # Too late: the fixed window [0, 60) closed at 90 s and every sliding window of t=5 at 330 s,
-    # and the watermark estimate is ~395 s.
+    # and the watermark is at 395 s: one dead letter, refused by both kinds.
     too_late = record(raw("tl", 5, 1.0))
     malformed = [record(b"{"), record(None), record(raw("x", 1, -5.0))]
     stream = stream.add_elements([too_late, *malformed]).advance_watermark_to_infinity()
-    refused = ["too_late", "too_late", "not_json", "empty", "bad_value"]  # too late for both kinds
+    refused = ["too_late", "not_json", "empty", "bad_value"]
     return stream, accepted, refused
 
 
@@ -159,6 +156,8 @@ def test_options_defaults_and_horizon_check() -> None:
     assert (options.fixed_window_s, options.sliding_window_s, options.sliding_period_s) == (60, 300, 60)
     assert (options.early_firing_delay_s, options.allowed_lateness_s) == (1, 120)
     assert options.dedup_horizon_s == 600
+    assert (options.late_gate_margin_s, options.late_gate_lookahead_s, options.max_out_of_orderness_s) == (
+        60, 3600, 5)
     assert options.dimensions == "event_type+country,category" and options.bounded is False
     p = _TestPipeline(options=_options(["--dedup_horizon_s=100"]))
     with pytest.raises(ValueError, match="dedup_horizon_s"):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -152,12 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--early-delay-s", type=float, default=0.1)
     p.add_argument("--doc", type=Path, default=None)
     args = p.parse_args(argv)
-    command = "python -m benchmarks.flink_bench " + " ".join(argv if argv is not None else [])
+    command = " ".join(["python -m benchmarks.flink_bench", *(sys.argv[1:] if argv is None else argv)])
     tp = throughput(args.events)
     lat = latency(args.latency_seconds, args.latency_rate, args.early_delay_s)
     print(json.dumps({"throughput": tp, "latency": lat}, indent=2))
     if args.doc:
-        replace_section(args.doc, SECTION, render(tp, lat, command.strip()))
+        replace_section(args.doc, SECTION, render(tp, lat, command))
     return 0
 
 

@@ -275,7 +275,8 @@ class Aggregate:
     ``is_final`` is Beam's ``PaneInfo.is_last``. Beam Python cannot ask for a closing pane
     (Java's ``ClosingBehavior.FIRE_ALWAYS``), so a window usually ends without a pane marked
     final: a consumer knows a window is complete once the watermark has passed its end + allowed
-    lateness + the late gate's margin. Within a window, a higher ``pane_index`` always supersedes.
+    lateness + the late gate's margin (+ size - period for sliding windows, see the module
+    docstring). Within a window, a higher ``pane_index`` always supersedes.
     """
 
     kind: str

@@ -2,10 +2,10 @@
 independently from the very records in the topic; every malformed record is dead-lettered.
 
 Runs the job bounded (stop at the end offsets seen at start) on the DirectRunner (batch) and on
-Prism (streaming, the runner of `make run`). The generated workload spans a few seconds of event
-time with out-of-order, late, duplicate and malformed records; too-late records are left out
-here because whether a record is beyond the allowed lateness during a replay depends on how the
-runner interleaves partitions (the TestStream tests pin that behaviour down exactly).
+Prism (streaming). The generated workload spans a few seconds of event time with out-of-order,
+late, duplicate and malformed records. (The job on Flink, which has no bounded read, is tested
+live in test_pipeline_flink.py; reading orders and too-late records in
+test_pipeline_late_data.py and the TestStream property tests.)
 """
 
 from __future__ import annotations

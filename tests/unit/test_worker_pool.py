@@ -77,6 +77,7 @@ def test_starts_a_worker_with_the_provisioned_options_and_stops_it(tmp_path: Pat
         asked.append((url, worker_id))
         return _info()
 
+    before = set(_children(os.getpid()))  # the suite may have children of its own (Prism, ...)
     server, _pool, port = serve("127.0.0.1", 0, tmp_path, provision, SLEEPING_WORKER)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -84,7 +85,7 @@ def test_starts_a_worker_with_the_provisioned_options_and_stops_it(tmp_path: Pat
             response = stub.StartWorker(_request("w1"), timeout=30)
             assert response.error == ""
             assert asked == [("127.0.0.1:3", "w1")]
-            (pid,) = _children(os.getpid())
+            (pid,) = set(_children(os.getpid())) - before
             env = _environ(pid)
             assert env["WORKER_ID"] == "w1"
             assert json.loads(env["PIPELINE_OPTIONS"])["beam:option:max_cache_memory_usage_mb:v1"] == "100"
@@ -104,13 +105,14 @@ def test_a_failing_provision_is_reported_to_the_runner(tmp_path: Path) -> None:
     def provision(url: str, worker_id: str) -> Any:
         raise RuntimeError("runner unreachable")
 
+    before = set(_children(os.getpid()))
     server, _pool, port = serve("127.0.0.1", 0, tmp_path, provision)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolStub(channel)
             response = stub.StartWorker(_request("w2"), timeout=30)
         assert "runner unreachable" in response.error
-        assert _children(os.getpid()) == []
+        assert set(_children(os.getpid())) - before == set()
     finally:
         server.stop(0)
 

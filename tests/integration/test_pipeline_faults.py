@@ -54,46 +54,28 @@ def test_results_stay_exact_when_a_service_restarts_mid_stream(
 
 
 @pytest.mark.flink
-def test_results_stay_exact_when_the_taskmanager_is_killed(
-        settings: Settings, unique_name: str, tmp_path: Path) -> None:
-    """SIGKILL of the TaskManager mid-stream: Flink restores the job from its last checkpoint on a
-    new TaskManager; the source re-reads from the checkpointed offsets, dedup and window state come
-    back with it, and the sinks' idempotent upserts absorb what is emitted again."""
+@pytest.mark.parametrize(("component", "seed"), [("flink-taskmanager", 23), ("worker-pool", 29)])
+def test_results_stay_exact_when_a_flink_process_is_killed(
+        settings: Settings, unique_name: str, tmp_path: Path, component: str, seed: int) -> None:
+    """SIGKILL mid-stream of the TaskManager, or of the Python worker pool (its workers die with
+    it): the tasks fail, and once the stack has brought the process back Flink restores the job
+    from its last checkpoint — the source re-reads from the checkpointed offsets, dedup and window
+    state come back with it, and the sinks' idempotent upserts absorb what is emitted again."""
     stack = Stack.from_settings()
     with private_job(settings, unique_name, PARTITIONS) as s, \
             live_job("flink", s, tmp_path / "job.log") as job:
         assert job.flink is not None
-        producer = LiveProducer(s, RATE * SECONDS, RATE, seed=23).start()
+        producer = LiveProducer(s, RATE * SECONDS, RATE, seed=seed).start()
         _wait_for_checkpoints(job.flink.rest, job.flink.job_id, 2)
-        (tm,) = stack.processes("flink-taskmanager")
-        os.kill(tm.pid, signal.SIGKILL)
+        (victim,) = stack.processes(component)
+        os.kill(victim.pid, signal.SIGKILL)
         _wait_for_failure(job.flink.rest, job.flink.job_id)  # the JobManager noticed: tasks failed
-        stack.up(["flink-taskmanager"], log=False)
+        stack.up([component], log=False)
         job.flink.rest.wait_until_tasks_running(job.flink.job_id, 180)
         producer.join()
         assert wait_until_exact(job, PARTITIONS, timeout_s=240) >= 20
         wait_for_committed_offsets(s, PARTITIONS, timeout_s=90)
         assert job.flink.rest.checkpoints(job.flink.job_id).completed >= 2
-
-
-@pytest.mark.flink
-def test_results_stay_exact_when_the_worker_pool_dies(
-        settings: Settings, unique_name: str, tmp_path: Path) -> None:
-    """SIGKILL of the Python worker pool (its workers die with it): the tasks fail, Flink restarts
-    the job from its last checkpoint once the stack has brought the pool back."""
-    stack = Stack.from_settings()
-    with private_job(settings, unique_name, PARTITIONS) as s, \
-            live_job("flink", s, tmp_path / "job.log") as job:
-        assert job.flink is not None
-        producer = LiveProducer(s, RATE * SECONDS, RATE, seed=29).start()
-        _wait_for_checkpoints(job.flink.rest, job.flink.job_id, 2)
-        (pool,) = stack.processes("worker-pool")
-        os.kill(pool.pid, signal.SIGKILL)
-        _wait_for_failure(job.flink.rest, job.flink.job_id)  # the tasks lost their Python workers
-        stack.up(["worker-pool"], log=False)
-        producer.join()
-        assert wait_until_exact(job, PARTITIONS, timeout_s=240) >= 20
-        wait_for_committed_offsets(s, PARTITIONS, timeout_s=90)
 
 
 def _wait_for_failure(rest: FlinkRest, job_id: str, timeout_s: float = 90) -> None:

@@ -53,9 +53,10 @@ import orjson
 import redis
 
 from benchmarks.common import cpu_seconds, machine, machine_busy_seconds, replace_section, rss_bytes, today
-from push_server.testing import PushServerProcess, free_port
 from streaming_analytics.settings import Settings
+from streaming_analytics.stack.process import free_port
 from streaming_analytics.streams import CHANNEL_FIXED, StreamEntry, stream_key, window_key
+from tests.support.push_process import PushServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS_BIN = Path(os.environ.get("SA_TOOLS_DIR", ROOT / ".local")) / "bin"

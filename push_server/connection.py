@@ -29,8 +29,8 @@ import math
 import secrets
 import time
 from collections import deque
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, Final, cast
+from collections.abc import Collection, Coroutine
+from typing import Any, Final, Protocol, cast
 from urllib.parse import parse_qsl, urlsplit
 
 from websockets.frames import CloseCode, Frame, Opcode
@@ -39,23 +39,25 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from push_server import disconnect, history, protocol
-from push_server.broker import BrokerUnavailableError
+from push_server.auth import TokenVerifier
+from push_server.broker import Broker, BrokerUnavailableError
 from push_server.client import (
     Authenticated,
     ClientSession,
     Close,
     Effect,
     Send,
+    SessionLimits,
     StartSubscription,
     StopSubscription,
 )
 from push_server.disconnect import Disconnect
-from push_server.hub import AdmissionRefusedError, HubClient
+from push_server.hub import AdmissionRefusedError, Hub, HubClient
+from push_server.metrics import Metrics
 from push_server.pg import DatabaseUnavailableError
-from push_server.writer import Outbox, OutboxClosedError
-
-if TYPE_CHECKING:
-    from push_server.node import Node
+from push_server.pg_history import PostgresHistory
+from push_server.writer import Outbox, OutboxClosedError, SendStats
+from streaming_analytics.settings import Settings
 
 log = logging.getLogger(__name__)
 # websockets' sans-I/O core logs every closed connection at INFO; that is our log line's job.
@@ -85,6 +87,46 @@ def origin_allowed(origin: str | None, *, host: str | None, allowed: tuple[str, 
     return bool(netloc) and host is not None and netloc == host.strip().lower()
 
 
+class NodeServices(Protocol):
+    """What a connection needs from the process that accepted it (:class:`push_server.node.Node`).
+
+    A protocol rather than the Node class so that the arrow points one way (``node`` imports
+    ``connection``, never back) and so that this list stays the whole of the coupling.
+    """
+
+    @property
+    def settings(self) -> Settings: ...  # allowed origins, history overlap
+    @property
+    def verifier(self) -> TokenVerifier: ...
+    @property
+    def channels(self) -> Collection[str]: ...
+    @property
+    def limits(self) -> SessionLimits: ...
+    @property
+    def ws_max_size(self) -> int: ...
+    @property
+    def ping_interval_s(self) -> float: ...
+    @property
+    def send_queue(self) -> int: ...
+    @property
+    def send_stats(self) -> SendStats: ...
+    @property
+    def hub(self) -> Hub: ...
+    @property
+    def broker(self) -> Broker: ...
+    @property
+    def history(self) -> PostgresHistory | None: ...
+    @property
+    def history_channels(self) -> frozenset[str]: ...
+    @property
+    def metrics(self) -> Metrics: ...
+    @property
+    def connections(self) -> set[Connection]: ...  # a connection adds itself, and leaves when lost
+
+    def admission(self, connection: Connection) -> Disconnect | None:
+        """Why a connection just past its handshake must be refused, if it must."""
+
+
 class Connection(asyncio.Protocol):
     """One client connection, from the upgrade request to the closed socket."""
 
@@ -92,7 +134,7 @@ class Connection(asyncio.Protocol):
                  "_last_seen", "_lost", "_node", "_opened", "_ping_sent", "_recorded", "_task",
                  "_transport", "_ws", "close_reason", "hub_client", "id", "outbox", "remote", "session")
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: NodeServices) -> None:
         self._node = node
         self.id = secrets.token_hex(8)
         self.remote = ""

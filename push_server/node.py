@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
 
 from push_server import disconnect
 from push_server.auth import TokenVerifier
 from push_server.broker import Broker, make_broker
 from push_server.client import SessionLimits
+from push_server.connection import Connection
 from push_server.disconnect import Disconnect
 from push_server.hub import Hub
 from push_server.metrics import Metrics
@@ -22,9 +22,6 @@ from push_server.pg import AsyncPgPool
 from push_server.pg_history import KIND_OF_CHANNEL, PostgresHistory
 from streaming_analytics.settings import ConfigError, Settings
 from streaming_analytics.streams import CHANNEL_ALERTS, CHANNELS, StreamEntry
-
-if TYPE_CHECKING:
-    from push_server.connection import Connection
 
 log = logging.getLogger(__name__)
 

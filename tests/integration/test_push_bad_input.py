@@ -23,9 +23,9 @@ from websockets.exceptions import ConnectionClosed
 
 from push_server import disconnect
 from push_server.devtokens import claims_for, hs256
-from push_server.testing import PushServerProcess, close_code, recv_json, send_json, xadd
 from streaming_analytics.settings import Settings
 from streaming_analytics.streams import CHANNEL_ALERTS, StreamEntry
+from tests.support.push_process import PushServerProcess, close_code, recv_json, send_json, xadd
 
 pytestmark = pytest.mark.integration
 

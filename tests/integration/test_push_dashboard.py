@@ -18,9 +18,7 @@ from typing import Any
 import pytest
 import redis
 
-from push_server.cdp import Chromium
 from push_server.devtokens import claims_for, hs256
-from push_server.testing import PushServerProcess, xadd
 from streaming_analytics.settings import Settings
 from streaming_analytics.streams import (
     CHANNEL_ALERTS,
@@ -29,6 +27,8 @@ from streaming_analytics.streams import (
     StreamEntry,
     window_key,
 )
+from tests.support.cdp import Chromium
+from tests.support.push_process import PushServerProcess, xadd
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 

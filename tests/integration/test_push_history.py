@@ -27,10 +27,10 @@ from psycopg2 import sql
 from websockets.asyncio.client import connect
 
 from push_server.devtokens import claims_for, hs256
-from push_server.testing import PushServerProcess, recv_json, send_json, xadd
 from streaming_analytics.db.migrate import migrate
 from streaming_analytics.settings import Settings
 from streaming_analytics.streams import CHANNEL_ALERTS, CHANNEL_FIXED, StreamEntry, stream_key, window_key
+from tests.support.push_process import PushServerProcess, recv_json, send_json, xadd
 
 pytestmark = pytest.mark.integration
 

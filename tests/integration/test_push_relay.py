@@ -18,9 +18,9 @@ from websockets.asyncio.client import connect
 
 from push_server import disconnect
 from push_server.devtokens import claims_for, hs256
-from push_server.testing import PushServerProcess, close_code, recv_json, send_json, xadd
 from streaming_analytics.settings import Settings
 from streaming_analytics.streams import CHANNEL_ALERTS, CHANNEL_FIXED, CHANNEL_SLIDING, StreamEntry
+from tests.support.push_process import PushServerProcess, close_code, recv_json, send_json, xadd
 
 pytestmark = pytest.mark.integration
 

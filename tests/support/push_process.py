@@ -4,8 +4,8 @@
 point, same Settings.from_env()), on a free port on 127.0.0.1, waits until /healthz answers and
 stops it by signal. With ``SA_PUSH_TLS_CERT``/``SA_PUSH_TLS_KEY`` in its env it speaks TLS: ``http``
 and ``ws`` are then ``https://``/``wss://`` URLs, and :meth:`PushServerProcess.client_ssl` is a
-client context that trusts that (self-signed) certificate. Kept in the package (not under tests/)
-so that benchmarks can reuse it.
+client context that trusts that (self-signed) certificate. The integration tests and
+benchmarks/push_fanout.py use it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -31,15 +30,8 @@ import orjson
 import redis
 from websockets.exceptions import ConnectionClosed
 
+from streaming_analytics.stack.process import free_port
 from streaming_analytics.streams import StreamEntry, stream_key
-
-
-def free_port() -> int:
-    """A currently unused TCP port on 127.0.0.1 (the OS picks it)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class PushServerProcess:

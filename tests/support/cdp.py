@@ -7,8 +7,7 @@ evaluate JavaScript, take a screenshot).
 
 Chromium is started with the flags it needs to start quickly and quietly without a network, a
 fresh profile directory, and ``--remote-debugging-port=0``; the port it picked is read from the
-``DevToolsActivePort`` file it writes into that profile. Kept in the package beside
-:mod:`push_server.testing` so that scripts can reuse it.
+``DevToolsActivePort`` file it writes into that profile.
 """
 
 from __future__ import annotations

@@ -1,0 +1,6 @@
+"""Support code shared by the tests and the benchmarks: never imported by production packages.
+
+``push_process`` runs a real push server process and speaks to it as a client; ``cdp`` drives
+Debian's headless Chromium for the dashboard's browser test; ``waiting`` polls for conditions
+instead of sleeping.
+"""

@@ -15,9 +15,9 @@ by shard. Per shard:
 
 * ``ids`` (bag): one entry ``(ids, expiries)`` appended per batch with new ids — an append, so a
   bundle writes only what it adds; ``expiry = event time + horizon``.
-* ``meta``: ``(token, forgotten_before_ms, expiry_timer_ms, passed_ms, armed_ms, newest_ms)``. Ids
-  whose expiry is at or before ``forgotten_before_ms`` are forgotten, whether or not the bag still
-  holds them; the last three are the late-data knowledge (:class:`~transforms.late_data.GateState`).
+* ``meta``: ``(token, forgotten_before_ms, expiry_timer_ms, *knowledge)``. Ids whose expiry is at
+  or before ``forgotten_before_ms`` are forgotten, whether or not the bag still holds them;
+  ``knowledge`` is the late-data knowledge, the fields of :class:`~transforms.late_data.GateState`.
 * the ``expiry`` event-time timer at the earliest pending expiry, rounded up to ``horizon / 20``: it
   compacts the bag (drops expired ids) and advances ``forgotten_before_ms``. The rounding bounds the
   compactions to 20 per horizon of event time; an id is therefore remembered up to 5 % of the
@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import astuple
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
@@ -93,7 +94,7 @@ _EXPIRY_PARAM = beam.DoFn.TimerParam(_EXPIRY)
 _LATE_GATE_PARAM = beam.DoFn.TimerParam(_LATE_GATE)
 
 #: ``meta`` of a shard that has seen nothing yet: no token, nothing forgotten, no timer, no knowledge.
-_EMPTY_META: Final = (0, None, None, None, None, None)
+_EMPTY_META: Final = (0, None, None, *astuple(GateState()))
 
 #: Output tags of :class:`DeduplicateEvents`: every first delivery (main), the first deliveries each
 #: aggregate kind admitted (:func:`admitted_tag`), and the dead letters of refused ones.
@@ -163,6 +164,11 @@ class _DedupShardFn(beam.DoFn):
 
     def setup(self) -> None:
         self._mirrors: dict[Any, _ShardMirror] = {}
+        self._bundle = _new_token()
+
+    def start_bundle(self) -> None:
+        # Tells the late-data rule which knowledge was learnt in this bundle (transforms/late_data.py).
+        self._bundle = _new_token()
 
     def _round_up(self, ms: int) -> int:
         g = self._granularity_ms
@@ -213,13 +219,12 @@ class _DedupShardFn(beam.DoFn):
                 timer_at = due
             gate = GateState(*knowledge)
             oldest = min(e.event_time_ms for e in passed)
-            yield from self._judge(passed, oldest, gate.passed_ms)
+            yield from self._judge(passed, oldest, self._rule.usable(gate, self._bundle))
             step = self._rule.judged(gate, oldest, max(e.event_time_ms for e in passed))
             if step.arm_ms is not None:
                 late_gate.set(timer_time(step.arm_ms))
             token = _new_token()
-            s = step.state
-            meta.write((token, forgotten_before, timer_at, s.passed_ms, s.armed_ms, s.newest_ms))
+            meta.write((token, forgotten_before, timer_at, *astuple(step.state)))
         mirror.token = token
         if len(passed) < len(events):
             self._duplicates.inc(len(events) - len(passed))
@@ -272,11 +277,10 @@ class _DedupShardFn(beam.DoFn):
         """The watermark has passed the armed deadline: remember it, arm the next one. The ids are
         unchanged, so the token (and every instance's copy of them) stays valid."""
         token, forgotten_before, timer_at, *knowledge = meta.read() or _EMPTY_META
-        step = self._rule.fired(GateState(*knowledge), fired_at.micros // 1000)
+        step = self._rule.fired(GateState(*knowledge), fired_at.micros // 1000, self._bundle)
         if step.arm_ms is not None:
             late_gate.set(timer_time(step.arm_ms))
-        s = step.state
-        meta.write((token, forgotten_before, timer_at, s.passed_ms, s.armed_ms, s.newest_ms))
+        meta.write((token, forgotten_before, timer_at, *astuple(step.state)))
 
     @on_timer(_EXPIRY)
     def expire(

@@ -33,13 +33,24 @@ is documented in docs/pipeline.md ("Late data"): an event newer than everything 
 judged, arriving after the watermark has run more than ``lookahead`` beyond that shard's newest
 deadline, or in the very first batch of a shard, is admitted without knowledge.
 
-An event is refused for a kind exactly when its deadline for that kind is at or below ``passed``.
+**Knowledge counts from the next bundle on.** A runner may hand a shard, within one bundle, a timer
+before elements that reached the step ahead of the watermark that fired it: Beam's Python SDK
+processes the timers of each data-plane message before its elements, and Flink puts a timer into
+the bundle in progress when the watermark arrives. Judged with that timer's knowledge, such an
+element would be refused although the GroupByKey, which sees it ahead of that watermark (Flink
+emits a step's watermark only between bundles), keeps it. So a point learnt in a bundle is used
+from the shard's next bundle on: every element of a later bundle reached the step after the
+watermark that taught it. ``passed`` is what the shard knows (its timer chain continues from it);
+``settled`` what it knew before the bundle ``learnt_in``, the one that raised ``passed`` last.
+
+An event is refused for a kind exactly when its deadline for that kind is at or below what the
+shard may use in the bundle judging it (:meth:`LateDataRule.usable`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from streaming_analytics.events import Event
 from transforms.records import DeadLetter
@@ -75,11 +86,14 @@ class Deadlines:
 class GateState:
     """What one shard knows (see the module docstring); all ``None`` for a shard that has seen
     nothing. ``armed_ms`` is the lattice point the shard's timer is set for, ``None`` when no timer
-    is set."""
+    is set; ``learnt_in`` the (opaque) bundle that raised ``passed_ms`` last, and ``settled_ms``
+    what was known before it."""
 
     passed_ms: int | None = None
     armed_ms: int | None = None
     newest_ms: int | None = None
+    settled_ms: int | None = None
+    learnt_in: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +117,12 @@ class LateDataRule:
         if self.lookahead_ms < 0:
             raise ValueError("lookahead must be >= 0")
 
+    @staticmethod
+    def usable(state: GateState, bundle: int) -> int | None:
+        """The highest point the watermark is known to have passed that may judge the elements of
+        ``bundle``: what was learnt in earlier bundles only."""
+        return state.settled_ms if state.learnt_in == bundle else state.passed_ms
+
     def refusing(self, t_ms: int, passed_ms: int | None) -> list[Deadlines]:
         """The kinds whose windows are closed for an event at ``t_ms`` (usually none)."""
         if passed_ms is None:
@@ -120,6 +140,7 @@ class LateDataRule:
     def judged(self, state: GateState, oldest_ms: int, newest_ms: int) -> Step:
         """After a batch with event times in ``[oldest_ms, newest_ms]`` was judged."""
         newest = newest_ms if state.newest_ms is None else max(state.newest_ms, newest_ms)
+        state = replace(state, newest_ms=newest)
         if state.passed_ms is None:
             # Nothing learnt yet: the timer goes to the lowest deadline seen, so that the first
             # firing tells the most.
@@ -130,19 +151,21 @@ class LateDataRule:
             want = self.next_after(state.passed_ms)  # resume learning (it had stopped)
         else:
             want = state.armed_ms
-        return self._arm(GateState(state.passed_ms, state.armed_ms, newest), want)
+        return self._arm(state, want)
 
-    def fired(self, state: GateState, point_ms: int) -> Step:
-        """After the timer set for ``point_ms`` fired: the watermark has passed it."""
+    def fired(self, state: GateState, point_ms: int, bundle: int) -> Step:
+        """After the timer set for ``point_ms`` fired in ``bundle``: the watermark has passed it."""
         passed = point_ms if state.passed_ms is None else max(state.passed_ms, point_ms)
-        return self._arm(GateState(passed, None, state.newest_ms), self.next_after(passed))
+        learnt = replace(state, passed_ms=passed, armed_ms=None, learnt_in=bundle,
+                         settled_ms=self.usable(state, bundle))
+        return self._arm(learnt, self.next_after(passed))
 
     def _arm(self, state: GateState, want: int) -> Step:
         if want == state.armed_ms:
             return Step(state, None)
         if state.newest_ms is None or want > self.ceiling(state.newest_ms):
             return Step(state, None)  # learning stops here (see the module docstring)
-        return Step(GateState(state.passed_ms, want, state.newest_ms), want)
+        return Step(replace(state, armed_ms=want), want)
 
     def dead_letter(self, event: Event, refusing: Sequence[Deadlines], passed_ms: int,
                     failed_at_ms: int) -> DeadLetter:

@@ -145,18 +145,28 @@ def refused_events(dead: list[tuple[int | None, int | None, str, bytes | None, s
     a valid first delivery, refused only by kinds whose deadline for it lies behind the topic's
     event-time progress (the lowest of the partitions' newest event times, minus the source's
     bound: the job's watermark never passed it, short of the idle timeout after everything was read;
-    a partition without records holds it back for good)."""
+    a partition without records holds it back for good), and behind its own partition's progress
+    up to the event's delivery (the source's watermark then was at most that, in any reading
+    order; this holds where the idle timeout is off, as in the tests that expect refusals)."""
     letters = [(raw, detail) for p, o, code, raw, detail in dead if code == "too_late"]
     if lateness is None:
         assert not letters, f"{len(letters)} events refused as too late"
         return {}
     events, _ = first_deliveries(records)
     newest: dict[int, int] = {}
-    for r in records:  # event times as the Kafka source reads them for its watermark
-        t = event_time_from_payload(r.value) or r.timestamp
+    # Where each event was delivered, with its partition's newest event time up to there: when the
+    # source read it, its watermark was at most that minus the bound, whatever the reading order.
+    read_by: dict[str, int] = {}
+    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
+        t = event_time_from_payload(r.value) or r.timestamp  # as the source reads it
         newest[r.partition] = max(newest.get(r.partition, t), t)
-    progress = (min(newest.values()) - round(lateness.source_bound_s * 1000)
-                if len(newest) == partitions else None)
+        try:
+            event_id = parse_event(r.value).event_id
+        except InvalidEvent:
+            continue
+        read_by[event_id] = max(read_by.get(event_id, newest[r.partition]), newest[r.partition])
+    bound_ms = round(lateness.source_bound_s * 1000)
+    progress = min(newest.values()) - bound_ms if len(newest) == partitions else None
     refused: dict[str, frozenset[str]] = {}
     for raw, detail in letters:
         assert raw is not None
@@ -169,8 +179,13 @@ def refused_events(dead: list[tuple[int | None, int | None, str, bytes | None, s
         assert kinds <= {"fixed", "sliding"}, detail
         t = events[event_id].event_time_ms
         for kind in kinds:
-            assert progress is not None and windows.deadline(kind, t, lateness.allowed_s) <= progress, (
+            deadline = windows.deadline(kind, t, lateness.allowed_s)
+            assert progress is not None and deadline <= progress, (
                 f"{event_id} refused by {kind} though its deadline was ahead of the topic's progress")
+            assert deadline <= read_by[event_id] - bound_ms, (
+                f"{event_id} refused by {kind} (deadline {deadline}) though its partition had only "
+                f"reached {read_by[event_id]} where it was delivered: the watermark cannot have "
+                "passed its deadline when the step judged it")
         refused[event_id] = kinds
     return refused
 

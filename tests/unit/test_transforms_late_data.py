@@ -18,6 +18,8 @@ pytestmark = pytest.mark.unit
 
 FIXED = Deadlines("fixed", size_ms=10_000, period_ms=10_000, lateness_ms=5_000)
 SLIDING = Deadlines("sliding", size_ms=30_000, period_ms=10_000, lateness_ms=5_000)
+#: An opaque bundle id, as the dedup step passes it.
+BUNDLE = 7
 RULE = LateDataRule(kinds=(FIXED, SLIDING), lookahead_ms=20_000)
 
 
@@ -67,8 +69,8 @@ def test_a_shard_without_knowledge_admits_and_arms_its_lowest_deadline() -> None
 
 def test_each_firing_moves_knowledge_to_its_point_and_arms_the_next() -> None:
     state = RULE.judged(GateState(), oldest_ms=3_000, newest_ms=3_000).state  # armed at 15 s
-    step = RULE.fired(state, 15_000)
-    assert step == _step(passed=15_000, armed=25_000, newest=3_000, arm=25_000)
+    step = RULE.fired(state, 15_000, BUNDLE)
+    assert step == _step(passed=15_000, armed=25_000, newest=3_000, arm=25_000, learnt_in=BUNDLE)
     assert [k.kind for k in RULE.refusing(3_000, 15_000)] == ["fixed"]  # fixed 15 s, sliding 35 s
     assert RULE.refusing(10_000, 15_000) == []
     assert [k.kind for k in RULE.refusing(3_000, 35_000)] == ["fixed", "sliding"]
@@ -78,15 +80,32 @@ def test_learning_stops_beyond_the_lookahead_and_resumes_with_the_next_event() -
     # Newest event at 3 s: its last deadline is 35 s, so the shard learns up to 35 + 20 = 55 s.
     state = RULE.judged(GateState(), oldest_ms=3_000, newest_ms=3_000).state
     points = []
-    step = RULE.fired(state, state.armed_ms or 0)
+    step = RULE.fired(state, state.armed_ms or 0, BUNDLE)
     while step.arm_ms is not None:  # what a watermark at +inf does: every armed point fires
         points.append(step.arm_ms)
-        step = RULE.fired(step.state, step.arm_ms)
+        step = RULE.fired(step.state, step.arm_ms, BUNDLE)
     assert points == [25_000, 35_000, 45_000, 55_000]
-    assert step.state == GateState(passed_ms=55_000, armed_ms=None, newest_ms=3_000)
+    assert step.state == GateState(passed_ms=55_000, armed_ms=None, newest_ms=3_000, learnt_in=BUNDLE)
     # A new event re-arms the next point, even one the watermark passed long ago.
     step = RULE.judged(step.state, oldest_ms=40_000, newest_ms=40_000)
-    assert step == _step(passed=55_000, armed=65_000, newest=40_000, arm=65_000)
+    assert step == _step(passed=55_000, armed=65_000, newest=40_000, arm=65_000, learnt_in=BUNDLE)
+
+
+def test_what_a_bundle_learns_judges_only_later_bundles() -> None:
+    """A timer can reach a shard ahead of elements of its bundle that reached the step before the
+    watermark that fired it (the module docstring): they are judged with what was known before."""
+    state = RULE.judged(GateState(), oldest_ms=3_000, newest_ms=3_000).state  # armed at 15 s
+    assert RULE.usable(state, 1) is None
+    state = RULE.fired(state, 15_000, 1).state
+    assert (RULE.usable(state, 1), RULE.usable(state, 2)) == (None, 15_000)
+    state = RULE.fired(state, 25_000, 1).state  # a jump fires several points in one bundle
+    assert (RULE.usable(state, 1), RULE.usable(state, 2)) == (None, 25_000)
+    state = RULE.fired(state, 35_000, 2).state  # the next bundle learns more
+    assert (state.passed_ms, state.settled_ms, state.learnt_in) == (35_000, 25_000, 2)
+    assert (RULE.usable(state, 2), RULE.usable(state, 3)) == (25_000, 35_000)
+    # A bundle that only judges changes nothing of this; the timer chain goes on from 35 s.
+    step = RULE.judged(state, oldest_ms=30_000, newest_ms=30_000)
+    assert (step.state.passed_ms, step.state.settled_ms, step.state.armed_ms) == (35_000, 25_000, 45_000)
 
 
 def test_the_lowest_next_point_over_kinds_with_different_lattices() -> None:
@@ -114,7 +133,8 @@ def test_refuses_exactly_what_the_group_by_key_drops_to_the_millisecond() -> Non
     p.run().wait_until_finish()
 
 
-def _step(*, passed: int | None, armed: int | None, newest: int | None, arm: int | None) -> object:
+def _step(*, passed: int | None, armed: int | None, newest: int | None, arm: int | None,
+          learnt_in: int | None = None) -> object:
     from transforms.late_data import Step
 
-    return Step(GateState(passed, armed, newest), arm)
+    return Step(GateState(passed, armed, newest, learnt_in=learnt_in), arm)

@@ -16,12 +16,22 @@ the same verdict and the same event on generated, corrupted and random documents
 
 Every rejection carries a stable machine-readable ``code`` (what dashboards and the dead-letter
 table group by) and a human ``detail``.
+
+Text rule: the free-text fields (the ids and ``category``) end up as PostgreSQL ``text`` and primary
+keys, Redis stream entries, push-protocol JSON and dashboard labels. Whatever the contract admits
+must be storable and displayable by all of them, so a text field may not hold control characters
+(PostgreSQL refuses NUL; the others corrupt logs, terminals and CSV), surrogates (not encodable in
+UTF-8), bidirectional controls (they reorder what an operator reads) or line/paragraph separators,
+and must be in Unicode NFC (two spellings of one name would otherwise be two keys that look alike).
+Those refusals carry the code ``bad_string``.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import sys
+import unicodedata
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from importlib import resources
@@ -65,6 +75,14 @@ FEATURE_BOUNDS: Final[dict[str, tuple[float, float | None]]] = {
 
 _ID_FIELDS: Final = ("event_id", "user_id", "session_id", "item_id", "category")
 _MAX_ID_LEN: Final = 64
+#: What a text field must never contain (see the module docstring), as a regular expression that
+#: Python's ``re`` and ECMA-262 read alike; the JSON Schema carries the very same pattern (a unit test
+#: checks it). C0 and C1 controls with DEL; surrogates; the bidirectional marks, embeddings,
+#: overrides and isolates (U+061C, U+200E/F, U+202A-E, U+2066-9); line and paragraph separators.
+TEXT_FORBIDDEN_PATTERN: Final = (
+    r"[\u0000-\u001F\u007F-\u009F\uD800-\uDFFF\u061C\u200E\u200F\u2028-\u202E\u2066-\u2069]"
+)
+_TEXT_FORBIDDEN: Final = re.compile(TEXT_FORBIDDEN_PATTERN)
 # 2000-01-01 .. 2100-01-01: catches seconds-vs-milliseconds mistakes and garbage clocks.
 _MIN_TIME_MS: Final = 946_684_800_000
 _MAX_TIME_MS: Final = 4_102_444_800_000
@@ -257,11 +275,16 @@ def _accept_fast(doc: dict[str, Any]) -> Event | None:
     numbers = _NUMBER_TYPES
     if not (
         type(version) is int and version == SCHEMA_VERSION
-        and type(event_id) is str and 0 < len(event_id) <= _MAX_ID_LEN
-        and type(user_id) is str and 0 < len(user_id) <= _MAX_ID_LEN
-        and type(session_id) is str and 0 < len(session_id) <= _MAX_ID_LEN
-        and type(item_id) is str and 0 < len(item_id) <= _MAX_ID_LEN
-        and type(category) is str and 0 < len(category) <= _MAX_ID_LEN
+        and type(event_id) is str and 0 < len(event_id) <= _MAX_ID_LEN and event_id.isascii()
+        and event_id.isprintable()
+        and type(user_id) is str and 0 < len(user_id) <= _MAX_ID_LEN and user_id.isascii()
+        and user_id.isprintable()
+        and type(session_id) is str and 0 < len(session_id) <= _MAX_ID_LEN and session_id.isascii()
+        and session_id.isprintable()
+        and type(item_id) is str and 0 < len(item_id) <= _MAX_ID_LEN and item_id.isascii()
+        and item_id.isprintable()
+        and type(category) is str and 0 < len(category) <= _MAX_ID_LEN and category.isascii()
+        and category.isprintable()
         and type(event_type) is str and event_type in _EVENT_TYPE_SET
         and type(time_ms) is int and _MIN_TIME_MS <= time_ms < _MAX_TIME_MS
         and type(country) is str and len(country) == 2
@@ -308,7 +331,37 @@ def _identifier(doc: dict[str, Any], name: str) -> str:
         raise InvalidEvent("bad_type", f"{name} must be a string")
     if not 0 < len(value) <= _MAX_ID_LEN:
         raise InvalidEvent("bad_value", f"{name} must be 1..{_MAX_ID_LEN} characters")
+    check_text(name, value)
     return value
+
+
+def check_text(name: str, value: str) -> None:
+    """Raise ``bad_string`` unless ``value`` satisfies the text rule (module docstring).
+
+    The detail names the code point as ``U+XXXX`` and never repeats the offending character, so the
+    detail itself is always storable (a dead letter's ``reason_detail`` is PostgreSQL text).
+    """
+    bad = _TEXT_FORBIDDEN.search(value)
+    if bad is not None:
+        char = bad.group()
+        raise InvalidEvent("bad_string", f"{name} contains U+{ord(char):04X} ({_forbidden_kind(char)}) at "
+                                         f"character {bad.start()}; text fields may not hold control "
+                                         "characters, surrogates, bidirectional controls or line separators")
+    if not unicodedata.is_normalized("NFC", value):
+        raise InvalidEvent("bad_string", f"{name} is not in Unicode normalization form NFC (normalize it "
+                                         "before sending: unicodedata.normalize('NFC', text))")
+
+
+def _forbidden_kind(char: str) -> str:
+    """What kind of forbidden character ``char`` is, in words, for a rejection's detail."""
+    category = unicodedata.category(char)
+    if category == "Cc":
+        return "the NUL character" if char == "\x00" else "a control character"
+    if category == "Cs":
+        return "an unpaired surrogate, not encodable in UTF-8"
+    if category == "Cf":
+        return "a bidirectional control"
+    return "a line or paragraph separator"
 
 
 def _code(doc: dict[str, Any], name: str, length: int) -> str:

@@ -8,6 +8,7 @@ import dataclasses
 import inspect
 import math
 import pickle
+import unicodedata
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 from streaming_analytics.events import (
     FEATURE_NAMES,
     MAX_EVENT_BYTES,
+    TEXT_FORBIDDEN_PATTERN,
     Event,
     InvalidEvent,
     _accept_fast,
@@ -78,6 +80,16 @@ INVALID = [
     ("bad_value", mutated("features.ip_country_mismatch", -1)),
     ("unsupported_version", mutated("schema_version", 2)),
     ("unsupported_version", mutated("schema_version", "1")),
+    # The text rule (docs/event-schema.md): what PostgreSQL, Redis, JSON or the dashboard cannot carry.
+    ("bad_string", mutated("category", "bo\u0000oks")),  # issue 12: PostgreSQL refuses NUL
+    ("bad_string", mutated("user_id", "u\t1")),
+    ("bad_string", mutated("item_id", "i\n1")),
+    ("bad_string", mutated("session_id", "s\x7f")),
+    ("bad_string", mutated("event_id", "e\x85")),  # C1 (NEL)
+    ("bad_string", mutated("category", "\x1b[31mred")),  # a terminal escape sequence
+    ("bad_string", mutated("category", "books\u202egnp.exe")),  # right-to-left override
+    ("bad_string", mutated("user_id", "u\u2066x\u2069")),
+    ("bad_string", mutated("item_id", "a\u2028b")),
 ]
 
 
@@ -119,6 +131,43 @@ def test_json_schema_accepts_what_the_validator_accepts() -> None:
 def test_json_schema_rejects_what_the_validator_rejects(code: str, doc: dict[str, Any]) -> None:
     validator = jsonschema.Draft202012Validator(json_schema())
     assert not validator.is_valid(doc), f"JSON Schema accepted a document rejected with {code}"
+
+
+def test_the_text_rule_is_stated_once_for_the_schema_and_the_validator() -> None:
+    assert json_schema()["$defs"]["text"]["not"]["pattern"] == TEXT_FORBIDDEN_PATTERN
+
+
+def test_the_nul_category_of_issue_12_is_refused_with_a_storable_detail() -> None:
+    with pytest.raises(InvalidEvent) as info:
+        parse_event(orjson.dumps(mutated("category", "bo\u0000oks")))
+    assert info.value.code == "bad_string"
+    assert info.value.detail.startswith("category contains U+0000 (the NUL character) at character 2")
+    assert info.value.detail.isprintable()
+
+
+def test_unpaired_surrogates_are_refused_as_json_and_as_documents() -> None:
+    """orjson refuses an escaped lone surrogate while parsing (``not_json``); a document built in
+    Python (validate_event's other callers) is refused by the text rule."""
+    with pytest.raises(InvalidEvent) as info:
+        parse_event(orjson.dumps(VALID).replace(b'"books"', b'"bo\\ud800oks"'))
+    assert info.value.code == "not_json"
+    with pytest.raises(InvalidEvent) as info:
+        validate_event(mutated("category", "bo\ud800oks"))
+    assert info.value.code == "bad_string"
+    assert info.value.detail.startswith("category contains U+D800 (an unpaired surrogate, not encodable")
+
+
+def test_non_nfc_text_is_refused_by_the_validator_only() -> None:
+    """The other place the validator is stricter than JSON Schema, which cannot state a
+    normalization form: "é" as e + combining acute is refused; its NFC form is accepted."""
+    decomposed = mutated("category", "caf\u0065\u0301")
+    with pytest.raises(InvalidEvent) as info:
+        validate_event(decomposed)
+    assert info.value.code == "bad_string"
+    assert "NFC" in info.value.detail
+    assert jsonschema.Draft202012Validator(json_schema()).is_valid(decomposed)
+    composed = unicodedata.normalize("NFC", "caf\u0065\u0301")
+    assert validate_event(mutated("category", composed)).category == "café"
 
 
 def test_float_timestamps_are_rejected_even_when_integral() -> None:
@@ -212,6 +261,13 @@ _BOUNDARY_DOCS = [
                                                      4_102_444_799_999, 4_102_444_800_000, -1)],
     *[mutated("event_type", value) for value in ("view", "refund", "View", "", "teleport")],
     *[mutated("schema_version", value) for value in (0, 1, 2, -1)],
+    # Text: printable ASCII takes the fast path; everything else the checked one, which must agree.
+    *[mutated(name, value) for name in ("event_id", "category")
+      for value in (" ", "~", "a b", "\x1f", "\x20", "\x7e", "\x7f", "\x9f", "\xa0", "\u061b", "\u061c",
+                    "\u200d", "\u200e", "\u2027", "\u2028", "\u2029", "\u202a", "\u202f", "\u2065",
+                    "\u2066", "\u2069", "\u206a", "\ud7ff", "\ud800", "\udfff", "\ue000", "\ufeff",
+                    "\uffff", "\U0010ffff", "Bücher", "u\u0308", "\U0001f600" * 64, "\U0001f600" * 65,
+                    "\u00e9" * 64, "e\u0301")],
 ]
 
 

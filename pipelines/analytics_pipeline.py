@@ -119,8 +119,8 @@ class AnalyticsOutputs:
 
     fixed: PCollection[Any]  # Aggregate, kind "fixed"
     sliding: PCollection[Any]  # Aggregate, kind "sliding"
-    dead_letters: PCollection[Any]  # DeadLetter: parse failures and too-late events
-    alerts: PCollection[Any] | None  # alert dicts; None when no model is configured
+    dead_letters: PCollection[Any]  # DeadLetter: parse failures, too-late and unscorable events
+    alerts: PCollection[Any] | None  # Alert; None when no model is configured
 
 
 def event_time_aggregates(options: AnalyticsOptions) -> EventTimeAggregates:
@@ -152,8 +152,13 @@ def build_pipeline(
     event_time = event_time_aggregates(opts)
     parsed = records | PARSE_LABEL >> ParseEvents()
     judged = parsed.events | EVENT_TIME_LABEL >> event_time
-    dead_letters = (parsed.dead_letter, judged.too_late) | DEAD_LETTERS_LABEL >> beam.Flatten()
-    alerts = None if opts.model_uri is None else judged.events | SCORE_LABEL >> scoring_transform(opts)
+    refused = [parsed.dead_letter, judged.too_late]
+    alerts = None
+    if opts.model_uri is not None:
+        scored = judged.events | SCORE_LABEL >> scoring_transform(opts)
+        alerts = scored.alerts
+        refused.append(scored.dead_letters)
+    dead_letters = tuple(refused) | DEAD_LETTERS_LABEL >> beam.Flatten()
     return AnalyticsOutputs(fixed=judged.fixed, sliding=judged.sliding, dead_letters=dead_letters,
                             alerts=alerts)
 
@@ -271,15 +276,22 @@ def build_job(p: beam.Pipeline, settings: Settings) -> AnalyticsOutputs:
         return WriteToRedisStreams(channel, redis_url, prefix=settings.redis_stream_prefix,
                                    maxlen=settings.redis_stream_maxlen)
 
-    _ = out.fixed | "WriteFixedToPostgres" >> WriteAggregatesToPostgres(dsn, schema=schema)
-    _ = out.sliding | "WriteSlidingToPostgres" >> WriteAggregatesToPostgres(dsn, schema=schema)
-    _ = out.fixed | "WriteFixedToRedis" >> to_redis(CHANNEL_FIXED)
-    _ = out.sliding | "WriteSlidingToRedis" >> to_redis(CHANNEL_SLIDING)
+    # A sink's output is what it refused for the record's content (transforms/sink_base.py): those
+    # join the dead letters, and what the dead-letter table refuses still reaches the DLQ topic, so
+    # no record stops the job and every refused one can be found (docs/sinks.md).
+    refused = [
+        out.fixed | "WriteFixedToPostgres" >> WriteAggregatesToPostgres(dsn, schema=schema),
+        out.sliding | "WriteSlidingToPostgres" >> WriteAggregatesToPostgres(dsn, schema=schema),
+        out.fixed | "WriteFixedToRedis" >> to_redis(CHANNEL_FIXED),
+        out.sliding | "WriteSlidingToRedis" >> to_redis(CHANNEL_SLIDING),
+    ]
     if out.alerts is not None:
-        _ = out.alerts | "WriteAlertsToPostgres" >> WriteAlertsToPostgres(dsn, schema=schema)
-        _ = out.alerts | "WriteAlertsToRedis" >> to_redis(CHANNEL_ALERTS)
-    _ = out.dead_letters | "WriteDeadLettersToPostgres" >> WriteDeadLettersToPostgres(dsn, schema=schema)
-    _ = out.dead_letters | "WriteDeadLettersToKafka" >> WriteDeadLettersToKafka(bootstrap, settings.topic_dlq)
+        refused.append(out.alerts | "WriteAlertsToPostgres" >> WriteAlertsToPostgres(dsn, schema=schema))
+        refused.append(out.alerts | "WriteAlertsToRedis" >> to_redis(CHANNEL_ALERTS))
+    letters = (out.dead_letters, *refused) | "WithSinkRefusals" >> beam.Flatten()
+    unstored = letters | "WriteDeadLettersToPostgres" >> WriteDeadLettersToPostgres(dsn, schema=schema)
+    _ = ((letters, unstored) | "WithUnstoredDeadLetters" >> beam.Flatten()
+         | "WriteDeadLettersToKafka" >> WriteDeadLettersToKafka(bootstrap, settings.topic_dlq))
     return out
 
 

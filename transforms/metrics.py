@@ -40,3 +40,5 @@ KAFKA_OFFSET_COMMITS: Final = "kafka_offset_commits"
 EVENTS_SCORED: Final = "events_scored"
 #: Alerts emitted (scores at or above the alert threshold).
 ALERTS: Final = "alerts"
+#: Events the anomaly model could not score, dead-lettered with reason ``inference_failed``.
+INFERENCE_FAILED_EVENTS: Final = "inference_failed_events"

@@ -18,6 +18,9 @@ INSTALL_REQUIRES = [
     "pyjwt[crypto]==2.15.1",
     "prometheus-client==0.26.0",
     "orjson==3.13.0",
+    # The lifecycle tool's kubernetes backend (pipelines/lifecycle/kubernetes.py). 35.x: 36+
+    # pulls aiohttp, 37 needs python-dateutil 3.
+    "kubernetes==35.0.0",
 ]
 
 TEST_REQUIRES = [

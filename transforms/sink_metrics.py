@@ -21,3 +21,9 @@ def rows_applied(sink: str) -> str:
 def retries(sink: str) -> str:
     """Transient failures a sink retried (each followed by a reconnect and a backoff)."""
     return f"sink_retries.{sink}"
+
+
+def rejected(sink: str) -> str:
+    """Records a sink refused for their content (each one dead-lettered with reason
+    ``sink_rejected``, see transforms/sink_base.py); anything above zero is worth a look."""
+    return f"sink_rejected.{sink}"

@@ -9,8 +9,10 @@ deep inside a batch write.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
+import json
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -28,6 +30,11 @@ ALERT_FIELDS: Final = (
 DEAD_LETTER_FIELDS: Final = tuple(f.name for f in dataclasses.fields(DeadLetter))
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+#: Reason code of a record a sink refused for its content (transforms/sink_base.py).
+SINK_REJECTED: Final = "sink_rejected"
+#: Longest reason detail a sink rejection carries (an error message can quote a whole batch).
+_MAX_DETAIL_CHARS: Final = 2000
 
 
 class SinkRecordError(ValueError):
@@ -81,6 +88,40 @@ def dead_letter_key(letter: DeadLetter) -> str:
         return f"{letter.topic}-{letter.partition}-{letter.offset}"
     digest = hashlib.sha256(letter.raw or b"").hexdigest()
     return f"{letter.reason_code}:sha256:{digest}"
+
+
+def storable_text(text: str) -> str:
+    """``text`` with what no sink can store escaped: NUL as ``\\x00``, unpaired surrogates as
+    ``\\udXXX``. For texts we compose ourselves (error messages quoting a value); event text is
+    kept clean by the contract instead."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
+def sink_rejection(record: Any, *, sink: str, error: BaseException, failed_at_ms: int) -> DeadLetter:
+    """The dead letter of a record ``sink`` refused with ``error``.
+
+    ``raw`` is ``{"sink": ..., "record": ...}`` as ASCII JSON (bytes as base64; a lone surrogate or a
+    NUL as a ``\\u`` escape; a record JSON cannot hold as its ``repr``), so it can be stored and read
+    whatever the record held; it names the sink, so two sinks refusing one record leave two letters.
+    No source position: the record is the pipeline's own (an aggregate, an alert, a dead letter).
+    """
+    body = record.to_dict() if callable(getattr(record, "to_dict", None)) else record
+    if dataclasses.is_dataclass(body) and not isinstance(body, type):
+        body = dataclasses.asdict(body)
+    try:
+        raw = json.dumps({"sink": sink, "record": body}, ensure_ascii=True, default=_json_default)
+    except (TypeError, ValueError, RecursionError):  # e.g. keys that are not strings, a cycle
+        raw = json.dumps({"sink": sink, "record_repr": repr(record)}, ensure_ascii=True)
+    detail = storable_text(f"{sink} refused the record: {type(error).__name__}: {error}".strip())
+    return DeadLetter(raw=raw.encode("ascii"), reason_code=SINK_REJECTED,
+                      reason_detail=detail[:_MAX_DETAIL_CHARS], topic=None, partition=None, offset=None,
+                      failed_at_ms=failed_at_ms)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"base64": base64.b64encode(bytes(value)).decode("ascii")}
+    return repr(value)
 
 
 def ms_to_datetime(ms: int) -> datetime:

@@ -14,6 +14,12 @@ Record value (UTF-8 JSON)::
 
 ``raw_b64`` is ``null`` for an empty record; ``source`` fields are ``null`` when the position is
 unknown (events refused as too late). The header ``reason_code`` allows filtering without parsing.
+
+This is the last dead-letter path (the Postgres table's refusals come here too), so a letter it
+cannot send — one that cannot be encoded, or that the producer refuses outright (larger than
+``max_request_size``) — has nowhere else to go: it is logged at ERROR with its key and counted in
+``sink_rejected.kafka.dead_letters``, and the job carries on. A send the broker does not acknowledge
+still fails the bundle (an outage, retried by the runner).
 """
 
 # Beam's Python API (DoFn, ParDo, Metrics counters) is untyped, so calling it is reported
@@ -23,6 +29,7 @@ unknown (events refused as too late). The header ``reason_code`` allows filterin
 from __future__ import annotations
 
 import base64
+import logging
 from collections.abc import Iterable
 from typing import Any, Final
 
@@ -31,14 +38,17 @@ import orjson
 from apache_beam.metrics.metric import Metrics
 from apache_beam.pvalue import PCollection
 from kafka import KafkaProducer
-from kafka.errors import KafkaError, KafkaTimeoutError, RetriableError
+from kafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError, RetriableError
 from kafka.producer.future import FutureRecordMetadata
 
 from streaming_analytics.settings import worker_value
 from transforms import metrics, sink_metrics
 from transforms.records import DeadLetter
 from transforms.retry import RetryPolicy, call_with_retry
+from transforms.sink_base import CONVERT_ERRORS
 from transforms.sink_records import dead_letter_key, dead_letter_of
+
+log = logging.getLogger(__name__)
 
 DLQ_VALUE_VERSION: Final = 1
 DEFAULT_MAX_IN_FLIGHT: Final = 1000
@@ -84,6 +94,7 @@ class _ProduceDeadLettersFn(beam.DoFn):
         self._sink = "kafka.dead_letters"
         self._written = Metrics.counter(metrics.NAMESPACE, sink_metrics.rows_written(self._sink))
         self._retries = Metrics.counter(metrics.NAMESPACE, sink_metrics.retries(self._sink))
+        self._rejected = Metrics.counter(metrics.NAMESPACE, sink_metrics.rejected(self._sink))
         self._producer: KafkaProducer | None = None
         self._pending: list[FutureRecordMetadata] = []
 
@@ -108,11 +119,18 @@ class _ProduceDeadLettersFn(beam.DoFn):
 
     def process(self, element: Any) -> Iterable[None]:
         assert self._producer is not None, "setup() not called"
-        letter = dead_letter_of(element)
-        self._pending.append(self._producer.send(
-            self._topic, key=dead_letter_key(letter).encode(), value=dlq_value(letter),
-            headers=[("reason_code", letter.reason_code.encode())],
-        ))
+        try:
+            letter = dead_letter_of(element)
+            key = dead_letter_key(letter)
+            self._pending.append(self._producer.send(
+                self._topic, key=key.encode(), value=dlq_value(letter),
+                headers=[("reason_code", letter.reason_code.encode())],
+            ))
+        except (*CONVERT_ERRORS, MessageSizeTooLargeError) as exc:
+            self._rejected.inc()
+            log.error("%s: cannot send a dead letter, dropped (%s: %s): %.1000r", self._sink,
+                      type(exc).__name__, exc, element)
+            return ()
         if len(self._pending) >= self._max_in_flight:
             self._await_acks()
         return ()
@@ -151,7 +169,8 @@ class WriteDeadLettersToKafka(beam.PTransform[PCollection[Any], PCollection[None
     broker at start), ``max_in_flight`` (unacknowledged records before the DoFn waits),
     ``delivery_timeout_s`` (how long the producer retries one record), ``connect_timeout_s`` (one
     bootstrap attempt), ``client_id``. Counters:
-    ``sink_rows_written.kafka.dead_letters``, ``sink_retries.kafka.dead_letters``.
+    ``sink_rows_written.kafka.dead_letters``, ``sink_retries.kafka.dead_letters``,
+    ``sink_rejected.kafka.dead_letters`` (letters it could not send at all; see the module docstring).
     """
 
     def __init__(

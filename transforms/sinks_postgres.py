@@ -15,7 +15,10 @@ Each DoFn instance opens one connection in ``setup()`` and reuses it across bund
 batched within a bundle and written with ``execute_values`` when the batch is full and in
 ``finish_bundle()`` — so a bundle (and, on Flink, a checkpoint) completes only after its rows are
 committed. Transient errors (connection loss, server restart, serialization failures) reconnect and
-retry the batch per :class:`transforms.retry.RetryPolicy`; anything else raises at once.
+retry the batch per :class:`transforms.retry.RetryPolicy`. Errors about a row's content
+(:func:`is_record_error`: a value PostgreSQL or psycopg2 refuses, a constraint) refuse that row
+(transforms/sink_base.py: dead-lettered with reason ``sink_rejected``, the job carries on); anything
+else (an outage that outlasted the retries, a missing table, a wrong password) fails the bundle.
 
 The tables come from ``python -m streaming_analytics.db.migrate``; the sinks never create them.
 """
@@ -44,12 +47,13 @@ from streaming_analytics.settings import worker_value
 from transforms import metrics, sink_metrics
 from transforms.records import DeadLetter
 from transforms.retry import RetryPolicy, call_with_retry
-from transforms.sink_base import BatchingWriteFn
+from transforms.sink_base import BatchingWriteFn, write_refusing
 from transforms.sink_records import (
     aggregate_dict,
     alert_dict,
     dead_letter_of,
     ms_to_datetime,
+    storable_text,
 )
 
 log = logging.getLogger(__name__)
@@ -79,6 +83,22 @@ def is_transient(exc: Exception) -> bool:
     return False
 
 
+def is_record_error(exc: Exception) -> bool:
+    """Whether a failed write failed for the content of a row, so that the row, not the job, must go.
+
+    Server side: SQLSTATE classes 22 (data exception: a value out of a column's range, text the
+    encoding cannot hold) and 23 (integrity: a check or not-null constraint). Client side, before
+    anything is sent: psycopg2 refusing a value (``ValueError``: a NUL in a string, a surrogate it
+    cannot encode; ``can't adapt type``). Connection, permission and schema errors are not: they
+    concern every row.
+    """
+    if isinstance(exc, psycopg2.DataError | psycopg2.IntegrityError):
+        return True
+    if isinstance(exc, psycopg2.ProgrammingError):
+        return exc.pgcode is None and "can't adapt" in str(exc)
+    return isinstance(exc, ValueError | TypeError) and not isinstance(exc, psycopg2.Error)
+
+
 class _PostgresWriteFn(BatchingWriteFn[Row]):
     """Write each batch of rows in one transaction, retrying transient errors.
 
@@ -92,13 +112,12 @@ class _PostgresWriteFn(BatchingWriteFn[Row]):
 
     def __init__(self, *, dsn: str, schema: str, batch_size: int, retry_policy: RetryPolicy,
                  application_name: str, connect_timeout_s: int) -> None:
-        super().__init__(batch_size=batch_size)
+        super().__init__(batch_size=batch_size, sink=f"postgres.{self.TABLE}")
         self._dsn = dsn
         self._schema = check_schema_name(schema)
         self._policy = retry_policy
         self._application_name = application_name
         self._connect_timeout_s = connect_timeout_s
-        self._sink = f"postgres.{self.TABLE}"
         self._written = Metrics.counter(metrics.NAMESPACE, sink_metrics.rows_written(self._sink))
         self._applied = Metrics.counter(metrics.NAMESPACE, sink_metrics.rows_applied(self._sink))
         self._retries = Metrics.counter(metrics.NAMESPACE, sink_metrics.retries(self._sink))
@@ -163,6 +182,9 @@ class _PostgresWriteFn(BatchingWriteFn[Row]):
         self._written.inc(len(rows))
         self._applied.inc(applied)
 
+    def is_record_error(self, exc: Exception) -> bool:
+        return is_record_error(exc)
+
     def _write(self, rows: Sequence[Row]) -> int:
         """Write one batch in one transaction; return how many rows changed."""
         conn = self._connection()
@@ -171,7 +193,7 @@ class _PostgresWriteFn(BatchingWriteFn[Row]):
                 changed = execute_values(cur, self._statement.as_string(cur), rows,
                                          template=self._template, page_size=len(rows), fetch=True)
             conn.commit()
-        except psycopg2.Error:
+        except Exception:  # also psycopg2's client-side ValueError: the transaction may be open
             self._rollback()
             raise
         return len(changed)
@@ -240,12 +262,14 @@ class _DeadLetterInsertFn(_PostgresWriteFn):
     def convert(self, element: Any) -> Row:
         d: DeadLetter = dead_letter_of(element)
         raw = None if d.raw is None else psycopg2.Binary(d.raw)
-        return (raw, d.reason_code, d.reason_detail, d.topic, d.partition, d.offset,
+        # The detail is our own text, but it may quote what a record held: escaped, never refused.
+        return (raw, d.reason_code, storable_text(d.reason_detail), d.topic, d.partition, d.offset,
                 ms_to_datetime(d.failed_at_ms))
 
 
-class _WriteToPostgres(beam.PTransform[PCollection[Any], PCollection[None]]):
-    """Common constructor of the three Postgres sinks; the output is empty (a write has no result)."""
+class _WriteToPostgres(beam.PTransform[PCollection[Any], PCollection[DeadLetter]]):
+    """Common constructor of the three Postgres sinks; the output is the records the sink refused,
+    as dead letters in the global window (transforms/sink_base.py)."""
 
     _FN: ClassVar[type[_PostgresWriteFn]]
     _STEP: ClassVar[str]
@@ -266,9 +290,8 @@ class _WriteToPostgres(beam.PTransform[PCollection[Any], PCollection[None]]):
                             retry_policy=retry_policy or RetryPolicy(), application_name=application_name,
                             connect_timeout_s=connect_timeout_s)
 
-    def expand(self, records: PCollection[Any]) -> PCollection[None]:
-        out: PCollection[None] = records | self._STEP >> beam.ParDo(self._fn)
-        return out
+    def expand(self, records: PCollection[Any]) -> PCollection[DeadLetter]:
+        return write_refusing(records, self._STEP, self._fn)
 
 
 class WriteAggregatesToPostgres(_WriteToPostgres):
@@ -278,7 +301,8 @@ class WriteAggregatesToPostgres(_WriteToPostgres):
     Tunables: ``dsn``, ``schema``, ``batch_size`` (rows per statement and transaction),
     ``retry_policy`` (backoff and total budget for transient errors), ``application_name`` (shows in
     ``pg_stat_activity``), ``connect_timeout_s``. Counters: ``sink_rows_written``,
-    ``sink_rows_applied`` and ``sink_retries`` ``.postgres.aggregates``.
+    ``sink_rows_applied``, ``sink_retries`` and ``sink_rejected`` ``.postgres.aggregates``. Output: the
+    panes it refused for their content, as ``sink_rejected`` dead letters.
     """
 
     _FN = _AggregateUpsertFn

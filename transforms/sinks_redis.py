@@ -12,6 +12,11 @@ connection killed mid-batch never leaves half a batch behind, and duplicates, wh
 whole batches. Streams are trimmed on every ``XADD`` with an approximate ``MAXLEN`` (``~``), which
 lets Redis drop whole radix-tree nodes — far cheaper than exact trimming, at the price of a stream
 a little longer than ``maxlen``.
+
+An element that cannot become an entry (its data cannot be JSON: a lone surrogate, an integer beyond
+64 bits; a record lacking fields) is refused, not written: it leaves as a ``sink_rejected`` dead
+letter (transforms/sink_base.py). Redis takes any bytes in a field, so no write error is a record's
+fault: every one that outlasts the retries fails the bundle.
 """
 
 # Beam's Python API (DoFn, ParDo, Metrics counters) is untyped, so calling it is reported
@@ -33,8 +38,9 @@ from redis.retry import Retry
 from streaming_analytics.settings import worker_value
 from streaming_analytics.streams import CHANNEL_ALERTS, CHANNELS, StreamEntry, stream_key, window_key
 from transforms import metrics, sink_metrics
+from transforms.records import DeadLetter
 from transforms.retry import RetryPolicy, call_with_retry
-from transforms.sink_base import BatchingWriteFn
+from transforms.sink_base import BatchingWriteFn, write_refusing
 from transforms.sink_records import aggregate_dict, alert_dict
 
 DEFAULT_BATCH_SIZE: Final = 500
@@ -77,7 +83,7 @@ class _XAddFn(BatchingWriteFn[dict[str, bytes]]):
 
     def __init__(self, *, redis_url: str, stream: str, channel: str, maxlen: int, batch_size: int,
                  retry_policy: RetryPolicy, client_name: str, socket_timeout_s: float) -> None:
-        super().__init__(batch_size=batch_size)
+        super().__init__(batch_size=batch_size, sink=f"redis.{channel}")
         if maxlen < 1:
             raise ValueError("maxlen must be >= 1")
         self._url = redis_url
@@ -87,7 +93,6 @@ class _XAddFn(BatchingWriteFn[dict[str, bytes]]):
         self._policy = retry_policy
         self._client_name = client_name
         self._socket_timeout_s = socket_timeout_s
-        self._sink = f"redis.{channel}"
         self._written = Metrics.counter(metrics.NAMESPACE, sink_metrics.rows_written(self._sink))
         self._retries = Metrics.counter(metrics.NAMESPACE, sink_metrics.retries(self._sink))
         self._client: redis.Redis | None = None
@@ -127,7 +132,7 @@ class _XAddFn(BatchingWriteFn[dict[str, bytes]]):
             pipe.execute()
 
 
-class WriteToRedisStreams(beam.PTransform[PCollection[Any], PCollection[None]]):
+class WriteToRedisStreams(beam.PTransform[PCollection[Any], PCollection[DeadLetter]]):
     """Append aggregate panes (``aggregates.*`` channels) or alerts (``alerts``) to the channel's stream.
 
     Elements: :class:`~transforms.aggregates.Aggregate`, aggregate/alert dicts, or ready
@@ -135,7 +140,8 @@ class WriteToRedisStreams(beam.PTransform[PCollection[Any], PCollection[None]]):
     (``SA_REDIS_STREAM_PREFIX``), ``maxlen`` (``SA_REDIS_STREAM_MAXLEN``, approximate), ``batch_size``
     (entries per ``MULTI``/``EXEC``), ``retry_policy``, ``client_name`` (shows in ``CLIENT LIST``),
     ``socket_timeout_s``. Counters: ``sink_rows_written.redis.<channel>``,
-    ``sink_retries.redis.<channel>``. At-least-once; see the module docstring.
+    ``sink_retries.redis.<channel>``, ``sink_rejected.redis.<channel>``. Output: the elements it
+    refused, as ``sink_rejected`` dead letters. At-least-once; see the module docstring.
     """
 
     def __init__(
@@ -158,6 +164,5 @@ class WriteToRedisStreams(beam.PTransform[PCollection[Any], PCollection[None]]):
                            maxlen=maxlen, batch_size=batch_size, retry_policy=retry_policy or RetryPolicy(),
                            client_name=client_name, socket_timeout_s=socket_timeout_s)
 
-    def expand(self, records: PCollection[Any]) -> PCollection[None]:
-        out: PCollection[None] = records | "XAdd" >> beam.ParDo(self._fn)
-        return out
+    def expand(self, records: PCollection[Any]) -> PCollection[DeadLetter]:
+        return write_refusing(records, "XAdd", self._fn)

@@ -14,26 +14,32 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult
+from apache_beam.testing.util import assert_that, equal_to
 
 from transforms.aggregates import Aggregate
 from transforms.metrics import NAMESPACE
+from transforms.records import DeadLetter
 
 #: A window start inside the event contract's time range (2025-11-14 22:13:20 UTC).
 T0_MS = 1_763_158_400_000
 
 
 def run_sink(elements: Sequence[Any], sink: beam.PTransform, *,
-             before: Callable[[Any], Any] | None = None) -> PipelineResult:
+             before: Callable[[Any], Any] | None = None,
+             refused: Callable[[list[DeadLetter]], None] | None = None) -> PipelineResult:
     """Run ``Create(elements) [| Map(before)] | sink`` on the DirectRunner; return the finished result.
 
     ``before`` runs in the same fused stage as the sink, element by element: tests use it to break
-    the sink's connection mid-stream.
+    the sink's connection mid-stream. ``refused`` checks the records the sink refused (its output,
+    transforms/sink_base.py), raising AssertionError in the pipeline; without it the sink must refuse
+    nothing.
     """
     pipeline = beam.Pipeline(options=PipelineOptions(["--direct_num_workers=1"]))
     records = pipeline | "Create" >> beam.Create(list(elements))
     if before is not None:
         records = records | "Before" >> beam.Map(before)
-    _ = records | "Sink" >> sink
+    out = records | "Sink" >> sink
+    assert_that(out, refused or equal_to([]), label="Refused")
     result = pipeline.run()
     result.wait_until_finish()
     return result

@@ -1,6 +1,7 @@
 """Postgres sinks on the stack's real Postgres, each module in its own migrated schema: the newest pane
 wins whatever the arrival order, replays change nothing, dead letters are unique on their source,
-transient failures are retried and permanent ones fail the pipeline."""
+transient failures are retried, outages that outlast the retries and deployment faults fail the
+pipeline, and a record the database refuses is dead-lettered while the rest is written."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import orjson
 import psycopg2
 import pytest
 from psycopg2 import sql
@@ -158,26 +160,56 @@ def test_stored_times_are_exact_milliseconds(settings: Settings, schema: str, un
     assert (start, end, emitted) == (T0_MS + 1, T0_MS + 60_001, T0_MS + 61_999)
 
 
-def test_plain_dicts_are_accepted_and_missing_fields_fail_loudly(settings: Settings, schema: str,
-                                                                 unique_name: str) -> None:
+def refused_exactly(sink: str, records: list[dict[str, Any]],
+                    error: str) -> Callable[[list[DeadLetter]], None]:
+    """A ``run_sink(refused=...)`` check: ``sink`` refused exactly ``records``, each with a
+    ``sink_rejected`` dead letter whose raw names the sink and the record and whose detail matches
+    ``error``."""
+    def check(letters: list[DeadLetter]) -> None:
+        assert len(letters) == len(records), letters
+        for letter in letters:
+            assert (letter.reason_code, letter.topic, letter.offset) == ("sink_rejected", None, None)
+            assert re.search(error, letter.reason_detail), letter.reason_detail
+            assert letter.reason_detail.startswith(f"{sink} refused the record: ")
+        raws = sorted(orjson.loads(letter.raw or b"null")["record"]["key"] for letter in letters)
+        assert raws == sorted(r["key"] for r in records)
+    return check
+
+
+def test_plain_dicts_are_accepted_and_one_missing_fields_is_refused(settings: Settings, schema: str,
+                                                                    unique_name: str) -> None:
     record = aggregate(unique_name, 4, count=8).to_dict()
     run_sink([record], WriteAggregatesToPostgres(settings.postgres_dsn, schema=schema))
     [row] = aggregate_rows(settings, schema, unique_name)
     assert (row[2], row[5]) == (4, 8)
 
-    del record["p99"]
-    with pytest.raises(Exception, match="aggregate record lacks p99"):
-        run_sink([record], WriteAggregatesToPostgres(settings.postgres_dsn, schema=schema))
+    broken = {**aggregate(f"{unique_name}-broken", 5, count=9).to_dict()}
+    del broken["p99"]
+    newer = aggregate(unique_name, 5, count=9).to_dict()
+    result = run_sink([broken, newer], WriteAggregatesToPostgres(settings.postgres_dsn, schema=schema),
+                      refused=refused_exactly("postgres.aggregates", [broken], "aggregate record lacks p99"))
+    assert counter(result, "sink_rejected.postgres.aggregates") == 1
+    rows = aggregate_rows(settings, schema, unique_name)
+    assert [(r[0], r[2], r[5]) for r in rows] == [(unique_name, 5, 9)]
 
 
-def test_a_permanent_error_fails_at_once_without_retrying(settings: Settings, schema: str, unique_name: str,
-                                                           caplog: pytest.LogCaptureFixture) -> None:
-    bad = aggregate(unique_name, 0, count=1, timing="SOMETIME")
+def test_a_record_the_database_refuses_is_dead_lettered_at_once_and_its_batch_is_written(
+        settings: Settings, schema: str, unique_name: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A constraint (timing), a NUL (psycopg2 refuses it before sending) and a value beyond bigint
+    (the server refuses it) in one batch with good panes: no retry, each bad one refused with its
+    error, every good one written, the job carries on."""
+    bad = [aggregate(f"{unique_name}-timing", 0, count=1, timing="SOMETIME").to_dict(),
+           aggregate(f"{unique_name}-nul\x00", 0, count=1).to_dict(),
+           {**aggregate(f"{unique_name}-big", 0, count=1).to_dict(), "count": 2**70}]
+    good = [aggregate(f"{unique_name}-ok{i}", 0, count=i + 1).to_dict() for i in range(5)]
     caplog.set_level(logging.WARNING, logger="transforms.retry")
-    with pytest.raises(Exception, match="aggregates_timing_check"):
-        run_sink([bad], WriteAggregatesToPostgres(settings.postgres_dsn, schema=schema))
+    sink = WriteAggregatesToPostgres(settings.postgres_dsn, schema=schema)
+    result = run_sink([*good[:2], *bad, *good[2:]], sink,
+                      refused=refused_exactly("postgres.aggregates", bad,
+                                              "aggregates_timing_check|NUL|out of range"))
     assert not [r for r in caplog.records if "transient failure" in r.getMessage()]
-    assert aggregate_rows(settings, schema, unique_name) == []
+    assert counter(result, "sink_rejected.postgres.aggregates") == len(bad)
+    assert [r[0] for r in aggregate_rows(settings, schema, unique_name)] == sorted(a["key"] for a in good)
 
 
 def test_a_missing_table_names_the_migration_to_run(settings: Settings, unique_name: str) -> None:

@@ -167,6 +167,14 @@ def of_kind(docs: list[Doc], kind: str) -> list[Doc]:
     return [d for d in docs if d["kind"] == kind]
 
 
+def every(docs: list[Doc], kind: str) -> list[Doc]:
+    """The documents of ``kind``, of which there must be at least one: a check that loops over
+    them would pass without checking anything if a rename or a values change dropped them all."""
+    found = of_kind(docs, kind)
+    assert found, f"expected at least one {kind}"
+    return found
+
+
 def one(docs: list[Doc], kind: str) -> Doc:
     found = of_kind(docs, kind)
     assert len(found) == 1, f"expected one {kind}, found {len(found)}"
@@ -298,7 +306,7 @@ def test_should_render_only_valid_documents(any_docs: list[Doc]) -> None:
 
 
 def test_should_validate_flink_pod_templates_as_core_pods(any_docs: list[Doc]) -> None:
-    for d in of_kind(any_docs, "FlinkDeployment"):
+    for d in every(any_docs, "FlinkDeployment"):
         for role in ("jobManager", "taskManager"):
             pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"template-{role.lower()}"},
                    **{k: v for k, v in d["spec"][role]["podTemplate"].items() if k == "spec"}}
@@ -452,7 +460,7 @@ def test_should_never_expose_the_sdk_harness_port(any_docs: list[Doc]) -> None:
         assert flag(h["command"], "--port") == str(HARNESS_PORT)
         assert not any(p.get("containerPort") == HARNESS_PORT for p in h.get("ports", []))
     # ... and no policy, Service or declared port lets anyone else in.
-    for policy in of_kind(any_docs, "NetworkPolicy"):
+    for policy in every(any_docs, "NetworkPolicy"):
         for rule in policy["spec"].get("ingress", []):
             name = policy["metadata"]["name"]
             assert _ports(rule), f"{name}: an ingress rule without ports admits every port"
@@ -461,7 +469,7 @@ def test_should_never_expose_the_sdk_harness_port(any_docs: list[Doc]) -> None:
                 assert isinstance(number, int), "named ports could resolve to the harness"
                 assert number != HARNESS_PORT
                 assert not (number <= HARNESS_PORT <= port.get("endPort", number))
-    for service in of_kind(any_docs, "Service"):
+    for service in of_kind(any_docs, "Service"):  # none in flink-operator/: the operator makes them
         for port in service["spec"]["ports"]:
             assert HARNESS_PORT not in (port["port"], port.get("targetPort"))
     for _, spec, _ in pod_specs(any_docs):
@@ -470,7 +478,7 @@ def test_should_never_expose_the_sdk_harness_port(any_docs: list[Doc]) -> None:
 
 
 def test_should_put_the_sdk_harness_beside_every_taskmanager_only(any_docs: list[Doc]) -> None:
-    for flink in of_kind(any_docs, "FlinkDeployment"):
+    for flink in every(any_docs, "FlinkDeployment"):
         tm = flink["spec"]["taskManager"]["podTemplate"]["spec"]
         jm = flink["spec"]["jobManager"]["podTemplate"]["spec"]
         harness = harness_of(tm)
@@ -481,7 +489,7 @@ def test_should_put_the_sdk_harness_beside_every_taskmanager_only(any_docs: list
 
 
 def test_should_pass_the_job_settings_to_the_sdk_harness(any_docs: list[Doc]) -> None:
-    for flink in of_kind(any_docs, "FlinkDeployment"):
+    for flink in every(any_docs, "FlinkDeployment"):
         spec = flink["spec"]["taskManager"]["podTemplate"]["spec"]
         harness = harness_of(spec)
         assert harness is not None
@@ -672,7 +680,7 @@ def test_should_pass_promtool_check_rules(chart_docs: list[Doc], promtool: Path,
 
 def _dashboards(docs: list[Doc]) -> dict[str, Doc]:
     found = {}
-    for cm in of_kind(docs, "ConfigMap"):
+    for cm in every(docs, "ConfigMap"):
         if cm["metadata"]["labels"].get("grafana_dashboard") == "1":
             for name, text in cm["data"].items():
                 found[name] = json.loads(text)
@@ -774,12 +782,12 @@ def _crd_flink_versions() -> list[str]:
 
 def test_should_run_flink_1_19_the_minor_of_beams_flink_runner(any_docs: list[Doc]) -> None:
     assert FLINK_VERSION in _crd_flink_versions(), "the operator's CRD does not accept Flink 1.19"
-    for flink in of_kind(any_docs, "FlinkDeployment"):
+    for flink in every(any_docs, "FlinkDeployment"):
         assert flink["spec"]["flinkVersion"] == FLINK_VERSION
 
 
 def test_should_use_only_configuration_keys_flink_1_19_knows(any_docs: list[Doc]) -> None:
-    for flink in of_kind(any_docs, "FlinkDeployment"):
+    for flink in every(any_docs, "FlinkDeployment"):
         config = flink["spec"]["flinkConfiguration"]
         own = {k for k in config if not k.startswith(("kubernetes.operator.", "metrics.reporter."))}
         assert not own & FLINK_2_ONLY_KEYS, "Flink 2.x key names: Flink 1.19 ignores them"
@@ -795,7 +803,7 @@ def test_should_use_only_configuration_keys_flink_1_19_knows(any_docs: list[Doc]
 def test_should_load_beams_runner_from_flinks_lib_parent_first(any_docs: list[Doc]) -> None:
     """The lib jar in /opt/flink/lib only stops the per-job metaspace leak when the job jar's copies
     of the same classes are never loaded: parent-first."""
-    for flink in of_kind(any_docs, "FlinkDeployment"):
+    for flink in every(any_docs, "FlinkDeployment"):
         assert flink["spec"]["flinkConfiguration"]["classloader.resolve-order"] == "parent-first"
 
 
@@ -818,7 +826,7 @@ def test_should_give_the_flink_containers_the_kafka_bootstrap_servers(any_docs: 
     """The Kafka read is Java KafkaIO in the TaskManager JVM (and the JobManager lists partitions when
     it builds the job): both read SA_KAFKA_BOOTSTRAP from their own container, and it must be the
     Kafka the Python workers beside them use."""
-    for flink in of_kind(any_docs, "FlinkDeployment"):
+    for flink in every(any_docs, "FlinkDeployment"):
         harness = harness_of(flink["spec"]["taskManager"]["podTemplate"]["spec"])
         assert harness is not None
         expected = env_of(harness)["SA_KAFKA_BOOTSTRAP"]["value"]
@@ -846,7 +854,7 @@ def _egress_allows(policies: list[Doc], labels: dict[str, str], port: int) -> bo
 
 def test_should_let_every_flink_pod_reach_the_kafka_bootstrap_servers(any_docs: list[Doc]) -> None:
     policies = of_kind(any_docs, "NetworkPolicy")
-    for flink in of_kind(any_docs, "FlinkDeployment"):
+    for flink in every(any_docs, "FlinkDeployment"):
         for role in ("taskManager", "jobManager"):
             template = flink["spec"][role]["podTemplate"]
             servers = env_of(flink_container(template["spec"]))["SA_KAFKA_BOOTSTRAP"]["value"]

@@ -15,6 +15,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from streaming_analytics.kafka_topics import ensure_topics
 from streaming_analytics.settings import Settings
+from streaming_analytics.stack.process import wait_until
 from transforms.kafka_source import (
     KafkaCheckpointMarkCoder,
     KafkaPartitionSource,
@@ -123,9 +124,12 @@ def test_an_idle_caught_up_partition_advances_with_the_clock(settings: Settings,
     reader = source.create_reader(None, None)
     drain(reader)
     assert reader.get_watermark().micros // 1000 < T0 + 10_000  # still event-time driven
-    reader.advance()
-    time.sleep(0.3)
-    reader.advance()
+
+    def clock_driven() -> bool:
+        reader.advance()  # finds nothing: the partition has been idle since the drain
+        return reader.get_watermark().micros // 1000 > T0 + 10_000
+
+    wait_until(clock_driven, 10, "the idle partition's watermark following the clock", interval_s=0.05)
     before_ms = int(time.time() * 1000)
     watermark_ms = reader.get_watermark().micros // 1000
     after_ms = int(time.time() * 1000)

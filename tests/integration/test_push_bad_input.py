@@ -30,6 +30,7 @@ from tests.support.push_process import PushServerProcess, close_code, recv_json,
 pytestmark = pytest.mark.integration
 
 SECRET = "bad-input-secret-of-sufficient-length-4242"
+AUTH_TIMEOUT_S = 2
 DOCUMENTED = {d.code for d in disconnect.ALL} | {1009}
 
 
@@ -64,7 +65,8 @@ def env(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[En
     server = PushServerProcess({
         "SA_REDIS_URL": redis_url, "SA_REDIS_STREAM_PREFIX": prefix, "SA_PUSH_BROKER": "redis",
         "SA_JWT_SECRET": SECRET, "SA_JWT_PUBLIC_KEYS_FILE": str(jwks), "SA_PUSH_MAX_MESSAGE_BYTES": "4096",
-        "SA_PUSH_AUTH_TIMEOUT_S": "2", "SA_PUSH_COMMAND_RATE": "5", "SA_PUSH_COMMAND_BURST": "10",
+        "SA_PUSH_AUTH_TIMEOUT_S": str(AUTH_TIMEOUT_S), "SA_PUSH_COMMAND_RATE": "5",
+        "SA_PUSH_COMMAND_BURST": "10",
     })
     with server:
         yield Env(server, client, prefix, key)
@@ -110,9 +112,11 @@ def test_protocol_violations(env: Env) -> None:
 
 
 def test_auth_timeout(env: Env) -> None:
-    started = time.monotonic()
+    started = time.time()
     assert asyncio.run(outcome(env)) == disconnect.AUTH_TIMEOUT.code
-    assert 1.5 < time.monotonic() - started < 10
+    # Never before the configured timeout (the server's session clock is the wall clock too); how
+    # much later depends on the machine's load and is not this test's business.
+    assert time.time() - started >= AUTH_TIMEOUT_S
 
 
 def test_bad_tokens(env: Env) -> None:
@@ -145,11 +149,10 @@ def test_rs256_token_and_refresh(env: Env) -> None:
 
 
 def test_token_expiry_closes_a_live_connection(env: Env) -> None:
-    # exp 1 s ahead plus the default 5 s leeway: the server closes it within ~6 s.
-    token = env.token(exp=int(time.time()) + 1)
-    started = time.monotonic()
-    assert asyncio.run(outcome(env, token=token)) == disconnect.TOKEN_EXPIRED.code
-    assert time.monotonic() - started < 12
+    # exp 1 s ahead plus the leeway (default 5 s): the server closes it then, not before.
+    expires_at = int(time.time()) + 1
+    assert asyncio.run(outcome(env, token=env.token(exp=expires_at))) == disconnect.TOKEN_EXPIRED.code
+    assert time.time() >= expires_at + env.settings.jwt_leeway_s
 
 
 def test_others_keep_being_served_during_abuse(env: Env) -> None:

@@ -94,7 +94,9 @@ def test_dashboard_shows_live_aggregates_and_alerts(server: tuple[PushServerProc
             await browser.wait_for("document.getElementById('chart-fixed').dataset.points === '12'")
             await browser.wait_for("document.getElementById('chart-sliding').dataset.points === '12'")
             await browser.wait_for("document.querySelectorAll('#alert-feed li').length === 6")
-            await asyncio.sleep(0.5)  # let the last redraw land in the screenshot
+            # The last redraw is on screen once the browser has painted two more frames.
+            await browser.evaluate("new Promise(done => requestAnimationFrame("
+                                   "() => requestAnimationFrame(() => done(true))))")
             state = await browser.evaluate("""({
                 fixedSeries: document.getElementById('chart-fixed').dataset.series,
                 slidingSeries: document.getElementById('chart-sliding').dataset.series,

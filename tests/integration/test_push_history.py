@@ -179,15 +179,16 @@ async def pubs(ws: Any, count: int) -> list[dict[str, Any]]:
     return out
 
 
-async def pubs_until_quiet(ws: Any, quiet_s: float = 1.0) -> list[dict[str, Any]]:
+async def pubs_through(ws: Any, offset: str) -> list[dict[str, Any]]:
+    """Every pub up to and including the one at ``offset`` (an entry written last): a stream is
+    delivered in order, so whatever else the server sends before it — a duplicate, an entry it
+    should have dropped — is in the list, with no wait for a silence that proves nothing."""
     out: list[dict[str, Any]] = []
-    while True:
-        try:
-            doc = await recv_json(ws, quiet_s)
-        except TimeoutError:
-            return out
+    while not out or out[-1]["offset"] != offset:
+        doc = await recv_json(ws, 5.0)
         if doc["type"] == "pub":
             out.append(doc)
+    return out
 
 
 # --- recovery fallback -------------------------------------------------------------------------------
@@ -217,8 +218,8 @@ def test_trimmed_aggregates_are_recovered_from_postgres_then_redis_then_live(env
         async with ws:
             replayed = await pubs(ws, 4)
             # Live at once, within the seam's watch: the repeat of kE must still be dropped.
-            env.publish(CHANNEL_FIXED, [ke, kf, pane("country", "B", 3, t0)])
-            live = await pubs_until_quiet(ws)
+            live_ids = env.publish(CHANNEL_FIXED, [ke, kf, pane("country", "B", 3, t0)])
+            live = await pubs_through(ws, live_ids[-1])
         return reply, replayed, live
 
     reply, replayed, live = asyncio.run(scenario())
@@ -257,9 +258,9 @@ def test_trimmed_alerts_are_recovered_from_postgres_without_gap_or_duplicate(env
     async def scenario() -> tuple[dict[str, Any], list[dict[str, Any]]]:
         ws, reply = await recovering_subscribe(env, CHANNEL_ALERTS, since)
         async with ws:
-            got = await pubs_until_quiet(ws)
-            env.publish(CHANNEL_ALERTS, [alert(105)])
-            got += await pubs_until_quiet(ws)
+            got = await pubs(ws, 4)  # from Postgres; then one live entry, and nothing in between
+            (live_id,) = env.publish(CHANNEL_ALERTS, [alert(105)])
+            got += await pubs_through(ws, live_id)
         return reply, got
 
     reply, got = asyncio.run(scenario())
@@ -282,12 +283,12 @@ def test_postgres_unavailable_degrades_to_recovered_false(redis_url: str) -> Non
             env = Env(server, client, prefix, "unused", "")
             ids = env.publish(CHANNEL_ALERTS, [alert(1), alert(2)])
             env.trim_all(CHANNEL_ALERTS)
-            env.publish(CHANNEL_ALERTS, [alert(3)])
+            (last_id,) = env.publish(CHANNEL_ALERTS, [alert(3)])
 
             async def scenario() -> tuple[dict[str, Any], list[dict[str, Any]]]:
                 ws, reply = await recovering_subscribe(env, CHANNEL_ALERTS, ids[0])
                 async with ws:
-                    return reply, await pubs_until_quiet(ws)
+                    return reply, await pubs_through(ws, last_id)
 
             reply, got = asyncio.run(scenario())
     finally:

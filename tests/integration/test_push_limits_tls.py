@@ -14,7 +14,6 @@ import asyncio
 import datetime as dt
 import ipaddress
 import ssl
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +32,7 @@ from push_server.devtokens import claims_for, hs256
 from streaming_analytics.settings import Settings
 from streaming_analytics.streams import CHANNEL_ALERTS, StreamEntry
 from tests.support.push_process import PushServerProcess, close_code, recv_json, send_json, xadd
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.integration
 
@@ -117,15 +117,10 @@ async def all_receive(clients: list[ClientConnection], client: redis.Redis, pref
         assert await recv_json(ws) == {"type": "pong", "id": 7}
 
 
-async def wait_connections(server: PushServerProcess, expected: int, timeout: float = 10.0) -> None:
+async def wait_connections(server: PushServerProcess, expected: int) -> None:
     """Until the server counts ``expected`` open connections (closing is asynchronous)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        current = await asyncio.to_thread(server.metric, "push_connections_open")
-        if current == expected:
-            return
-        assert time.monotonic() < deadline, f"{current} connections open, expected {expected}"
-        await asyncio.sleep(0.05)
+    await until(lambda: asyncio.to_thread(server.metric, "push_connections_open"),
+                lambda current: current == expected, what=f"{expected} connections open")
 
 
 def refusals(server: PushServerProcess) -> float:
@@ -278,12 +273,9 @@ def test_sent_frames_and_send_latency_are_exported_exactly(limited: Served) -> N
         before = await asyncio.to_thread(sample)
         async with await subscriber(server, "counted") as ws:  # frames: connected, subscribed
             await all_receive([ws], client, prefix, first=40)  # 3 pubs and a pong
-            expected = before[0] + 2 + 3 + 1
-            deadline = time.monotonic() + 5
-            after = await asyncio.to_thread(sample)
-            while after[0] < expected and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)  # the writer adds its batch right after the last write
-                after = await asyncio.to_thread(sample)
+            # The writer adds its batch right after the last write.
+            after = await until(lambda: asyncio.to_thread(sample),
+                                lambda now: now[0] >= before[0] + 2 + 3 + 1, what="six frames counted")
         return before, after
 
     before, after = asyncio.run(scenario())

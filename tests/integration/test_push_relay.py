@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +20,7 @@ from push_server.devtokens import claims_for, hs256
 from streaming_analytics.settings import Settings
 from streaming_analytics.streams import CHANNEL_ALERTS, CHANNEL_FIXED, CHANNEL_SLIDING, StreamEntry
 from tests.support.push_process import PushServerProcess, close_code, recv_json, send_json, xadd
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.integration
 
@@ -177,7 +177,10 @@ def test_reconnect_and_recover_without_gap_or_duplicate(env: Env) -> None:
                 for pub in await receive_pubs(ws, 40):
                     received.append(pub["offset"])
                     last = pub["offset"]
-            await asyncio.sleep(0.2)  # entries written now are only recoverable from Redis
+            # Away until entries were written that only Redis can give back on the next round.
+            away_from = len(written)
+            await until(lambda: len(written), lambda n: n >= away_from + 10,  # noqa: B023
+                        what="entries written while the client is away")
         stop.set()
         await task
         expected = [o for o in written if _after(o, start)][: len(received)]
@@ -212,6 +215,8 @@ def test_slow_client_is_disconnected_while_a_fast_one_keeps_receiving(env: Env) 
     total = 1500
 
     async def scenario() -> tuple[int | None, int]:
+        subscribed_before = await asyncio.to_thread(env.server.metric, "push_subscriptions",
+                                                    f'channel="{CHANNEL_SLIDING}"')
         # The slow client shrinks its receive buffer and never reads until the end.
         sock = socket.socket()
         # Set before connecting: shrinking the buffer of an established connection stalls TCP.
@@ -222,7 +227,10 @@ def test_slow_client_is_disconnected_while_a_fast_one_keeps_receiving(env: Env) 
         await send_json(slow, {"type": "subscribe", "channel": CHANNEL_SLIDING})
         fast = await connected(env.server.ws, env.token(sub="fast"))
         await subscribe(fast, CHANNEL_SLIDING)
-        await asyncio.sleep(0.3)  # the slow client's commands are processed
+        # The slow client reads no reply: the server's subscription count shows it subscribed too.
+        await until(lambda: asyncio.to_thread(env.server.metric, "push_subscriptions",
+                                              f'channel="{CHANNEL_SLIDING}"'),
+                    lambda n: n >= subscribed_before + 2, what="both clients subscribed")
 
         async def produce() -> None:
             for start in range(0, total, 100):
@@ -261,13 +269,20 @@ def test_one_reader_per_stream_whatever_the_number_of_clients(env: Env) -> None:
         clients = [await connected(env.server.ws, env.token(sub=f"many{i}")) for i in range(25)]
         for ws in clients:
             await subscribe(ws, CHANNEL_FIXED)
-        time.sleep(0.2)
-        blocked = [c for c in env.redis.client_list() if c.get("cmd") in ("xread", "xread|")]
+        # Every reader this server has is running once all clients got an entry; then count the
+        # XREADs blocked in Redis (readers go back to blocking right after a delivery).
         ids = env.publish(CHANNEL_FIXED, [aggregate("fixed|many|x|0|1", 1)])
         for ws in clients:
             assert [p["offset"] for p in await receive_pubs(ws, 1)] == ids
+
+        def blocked_reads() -> int:
+            return sum(c.get("cmd") in ("xread", "xread|") for c in env.redis.client_list())
+
+        blocked = await until(lambda: asyncio.to_thread(blocked_reads), lambda n: n >= 3,
+                              what="this server's three stream readers blocked in XREAD")
+        for ws in clients:
             await ws.close()
-        return len(blocked)
+        return blocked
 
     # Readers of this server (3 channels) plus at most those of other servers sharing the Redis.
     blocked = asyncio.run(scenario())

@@ -23,6 +23,7 @@ from push_server.devtokens import claims_for, hs256
 from push_server.node import Node
 from streaming_analytics.settings import Settings
 from streaming_analytics.streams import CHANNEL_FIXED, StreamEntry
+from tests.support.waiting import until
 from tests.unit.push_fakes import FakeTransport, Peer
 
 pytestmark = pytest.mark.unit
@@ -193,8 +194,8 @@ def test_commands_wait_for_a_recovering_subscribe_and_keep_their_order(env: Env)
         subscribe(peer, since=offsets[0])
         peer.send_text(json.dumps({"type": "ping", "id": 9}))  # arrives while the replay runs
         assert not transport.reading
-        await asyncio.sleep(0.05)
-        docs = [json.loads(t) for t in peer.texts()]
+        texts = await until(peer.texts, lambda got: len(got) >= 4, what="the replay and the pong")
+        docs = [json.loads(t) for t in texts]
         assert [d["type"] for d in docs] == ["subscribed", "pub", "pub", "pong"]
         assert [d["offset"] for d in docs[1:3]] == offsets[1:]
         assert transport.reading

@@ -24,6 +24,7 @@ from models.anomaly import latest_model, model_input, model_version, version_of
 from models.handler import NewestModelHandler
 from streaming_analytics.events import Event, parse_event
 from streaming_analytics.generator import EventGenerator, Fractions, GeneratorConfig
+from streaming_analytics.stack.process import wait_until
 from tests.unit.test_transforms_support import event_doc, fresh_metrics_per_bundle
 from transforms import metrics
 from transforms.records import Alert, DeadLetter
@@ -80,11 +81,14 @@ def test_the_handler_switches_to_a_newer_version_in_place(model_dir: Path, tmp_p
     rows = [model_input([1.0, 2.0, 3.0, 0.1, 0.0, 1.0])]
     assert [Path(r.model_id or "").name for r in handler.run_inference(rows, live)] == ["anomaly-v1.keras"]
     shutil.copy(v1, tmp_path / "anomaly-v2.keras")
-    time.sleep(0.1)
-    assert [Path(r.model_id or "").name for r in handler.run_inference(rows, live)] == ["anomaly-v2.keras"]
+
+    def scored_by() -> list[str]:
+        return [Path(r.model_id or "").name for r in handler.run_inference(rows, live)]
+
+    wait_until(lambda: scored_by() == ["anomaly-v2.keras"], 10, "scoring with v2", interval_s=0.05)
     (tmp_path / "anomaly-v1.keras").unlink()  # an older version never comes back
-    time.sleep(0.1)
-    assert [Path(r.model_id or "").name for r in handler.run_inference(rows, live)] == ["anomaly-v2.keras"]
+    time.sleep(0.1)  # two refresh intervals: a negative check has no event to wait for
+    assert scored_by() == ["anomaly-v2.keras"]
 
 
 # --- a model that cannot score some inputs ----------------------------------------------------------

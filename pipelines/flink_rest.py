@@ -120,6 +120,11 @@ class FlinkRest:
         root = result.get("root-exception")
         return None if root is None else str(root)
 
+    def restarts(self, job_id: str) -> int:
+        """How often the job restarted (Flink's ``numRestarts`` metric)."""
+        result = self._call("GET", f"/jobs/{job_id}/metrics", params={"get": "numRestarts"})
+        return int(next((m["value"] for m in result if m.get("id") == "numRestarts"), 0))
+
     def cancel(self, job_id: str) -> None:
         self._call("PATCH", f"/jobs/{job_id}", params={"mode": "cancel"})
 

@@ -73,6 +73,18 @@ VARIABLES: dict[str, Variable] = {
            "Python SDK worker pool (EXTERNAL environment) the Flink TaskManager starts workers from."),
         _v("SA_BEAM_EXPANSION_SERVICE", "127.0.0.1:8097",
            "Beam expansion service of the Java Kafka read (cross-language), used when the job is built."),
+        # --- job lifecycle (python -m pipelines.lifecycle) -------------------------------------
+        _v("SA_LIFECYCLE_BACKEND", "local",
+           "Where the lifecycle CLI acts: `local` (the Flink session cluster at SA_FLINK_REST_URL) or "
+           "`kubernetes` (the FlinkDeployment SA_K8S_DEPLOYMENT in SA_K8S_NAMESPACE)."),
+        _v("SA_LIFECYCLE_DIR", str(PROJECT_ROOT / "var" / "lifecycle"),
+           "The lifecycle's records: savepoint catalogue, releases (and their job jars), rollback "
+           "point, audit trail. Shared storage when several engineers operate one job."),
+        _v("SA_SAVEPOINT_RETENTION", "20",
+           "Savepoints the catalogue keeps (plus the rollback point and the running release's)."),
+        _v("SA_K8S_NAMESPACE", "analytics", "Namespace of the FlinkDeployment (kubernetes backend)."),
+        _v("SA_K8S_DEPLOYMENT", "streaming-analytics-pipeline",
+           "Name of the FlinkDeployment (kubernetes backend)."),
         # --- pipeline ------------------------------------------------------------------------
         _v("SA_PIPELINE_RUNNER", "flink",
            "Runner of the streaming job under `make run`: `flink` (the local session cluster), `prism` "
@@ -191,6 +203,11 @@ class Settings:
     flink_checkpoint_interval_s: int
     beam_worker_pool: str
     beam_expansion_service: str
+    lifecycle_backend: str
+    lifecycle_dir: Path
+    savepoint_retention: int
+    k8s_namespace: str
+    k8s_deployment: str
     push_host: str
     push_port: int
     jwt_algorithms: tuple[str, ...]
@@ -240,6 +257,11 @@ class Settings:
             flink_checkpoint_interval_s=_positive_int(v, "SA_FLINK_CHECKPOINT_INTERVAL_S"),
             beam_worker_pool=v["SA_BEAM_WORKER_POOL"],
             beam_expansion_service=v["SA_BEAM_EXPANSION_SERVICE"],
+            lifecycle_backend=v["SA_LIFECYCLE_BACKEND"].strip().lower(),
+            lifecycle_dir=Path(v["SA_LIFECYCLE_DIR"]),
+            savepoint_retention=_positive_int(v, "SA_SAVEPOINT_RETENTION"),
+            k8s_namespace=v["SA_K8S_NAMESPACE"],
+            k8s_deployment=v["SA_K8S_DEPLOYMENT"],
             push_host=v["SA_PUSH_HOST"],
             push_port=_positive_int(v, "SA_PUSH_PORT"),
             jwt_algorithms=tuple(a.strip() for a in v["SA_JWT_ALGORITHMS"].split(",") if a.strip()),

@@ -2,6 +2,11 @@
 
     python -m streaming_analytics.generator --count 10000 --seed 7 --malformed 0.02
     python -m streaming_analytics.generator --rate 500 --realtime          # until Ctrl-C
+    python -m streaming_analytics.generator --topic my-events --create-topic --count 100
+
+The topic must exist (the local stack creates ``SA_KAFKA_TOPIC_EVENTS``); ``--create-topic``
+creates a missing one with ``SA_KAFKA_EVENTS_PARTITIONS`` partitions, and without it a missing
+topic is an error at once, not a 60-s metadata timeout.
 
 Every record belongs to exactly one *kind*:
 
@@ -275,9 +280,15 @@ def produce(generator: EventGenerator, *, bootstrap: str, topic: str, count: int
     ``realtime``: pace at ``rate`` records/s with event times from the wall clock (for ``make
     run``). Otherwise event times advance 1000/rate ms per record from ``start_ms`` and records go
     out as fast as the broker takes them (tests, benchmarks, backfills).
+
+    Raises :class:`~streaming_analytics.kafka_topics.MissingTopicError` before sending anything
+    when ``topic`` does not exist.
     """
     from kafka import KafkaProducer
 
+    from streaming_analytics.kafka_topics import require_topics
+
+    require_topics(bootstrap, [topic], hint=CREATE_TOPIC_HINT)
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, batch_size=131072,
                              enable_idempotence=True, max_in_flight_requests_per_connection=5,
                              reconnect_backoff_max_ms=1000, client_id="sa-generator")
@@ -311,7 +322,15 @@ def produce(generator: EventGenerator, *, bootstrap: str, topic: str, count: int
     return counts
 
 
+#: What a newcomer reads when the topic is missing (the broker does not create topics on first use).
+CREATE_TOPIC_HINT: Final = (
+    "Create it by running the generator with --create-topic (SA_KAFKA_EVENTS_PARTITIONS partitions), "
+    "or, for the events topic SA_KAFKA_TOPIC_EVENTS, start the local stack, which creates it: "
+    "python -m streaming_analytics.stack up kafka")
+
+
 def main(argv: list[str] | None = None) -> int:
+    from streaming_analytics.kafka_topics import BrokerUnreachableError, MissingTopicError, ensure_topics
     from streaming_analytics.settings import Settings
 
     settings = Settings.from_env()
@@ -326,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--block-size", type=int, default=1000)
     p.add_argument("--topic", default=settings.topic_events)
     p.add_argument("--bootstrap", default=settings.kafka_bootstrap)
+    p.add_argument("--create-topic", action="store_true",
+                   help="create the topic first if it does not exist, with SA_KAFKA_EVENTS_PARTITIONS "
+                        f"partitions (now {settings.events_partitions})")
     defaults = Fractions()
     for name, value in defaults.as_dict().items():
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=value, metavar="FRACTION",
@@ -345,8 +367,16 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    counts = produce(generator, bootstrap=args.bootstrap, topic=args.topic, count=args.count,
-                     rate=args.rate, realtime=args.realtime, start_ms=args.start_ms, stop=lambda: stopping)
+    try:
+        if args.create_topic and ensure_topics(args.bootstrap, {args.topic: settings.events_partitions}):
+            print(f"created topic {args.topic!r} with {settings.events_partitions} partitions",
+                  file=sys.stderr, flush=True)
+        counts = produce(generator, bootstrap=args.bootstrap, topic=args.topic, count=args.count,
+                         rate=args.rate, realtime=args.realtime, start_ms=args.start_ms,
+                         stop=lambda: stopping)
+    except (MissingTopicError, BrokerUnreachableError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps({"sent": sum(counts.values()), "kinds": dict(counts)}), flush=True)
     return 0
 

@@ -33,6 +33,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Final, TypeVar, cast
 
@@ -65,6 +66,8 @@ LAST_STATE_PLACEHOLDER: Final = "KUBERNETES_OPERATOR_LAST_STATE"
 TERMINAL_JOB_STATES: Final = frozenset({"FAILED", "FINISHED", "CANCELED", "SUSPENDED"})
 #: Lifecycle and reconciliation states in which the operator gave up on the spec we wrote.
 GAVE_UP: Final = frozenset({"FAILED", "ROLLING_BACK", "ROLLED_BACK"})
+#: Attempts of a read-modify-patch when someone else writes the resource in between.
+CONFLICT_ATTEMPTS: Final = 3
 
 _ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TEMPLATE: Final = _ROOT / "flink-operator" / "flinkdeployment.yaml"
@@ -207,23 +210,25 @@ class KubernetesBackend:
         ``savepoint``, from exactly that savepoint (``savepointRedeployNonce`` + 1); without, the
         operator resumes as it does for any suspended deployment — from the savepoint it was stopped
         with (``savepoint(stop=True)``), from empty state after :meth:`cancel`."""
-        obj = self._read()
         job: Manifest = {"state": "running", "upgradeMode": "savepoint",
                          "allowNonRestoredState": allow_non_restored_state}
-        if obj is None:
+        what = f"deploy {release.name}"
+        if self._read() is None:
             body = self._new_deployment(release, job, savepoint)
             created = self._call("create", lambda api: api.create_namespaced_custom_object(
                 GROUP, VERSION, self.namespace, DEPLOYMENTS, body, field_validation="Strict"))
             _LOG.info("created FlinkDeployment %s for release %s", self._where, release.name)
             generation = int(_at(created, "metadata", "generation") or 1)
-            return self._job_status(self._await_running(generation, f"deploy {release.name}"))
-        self._refuse_if_active(obj, "deploy")
-        if savepoint is not None:
-            job |= {"initialSavepointPath": savepoint, "savepointRedeployNonce": self._next_nonce(obj)}
-        else:
-            job["initialSavepointPath"] = None
-        generation = self._patch_release(obj, release, job, f"deploy {release.name}")
-        return self._job_status(self._await_running(generation, f"deploy {release.name}"))
+            return self._job_status(self._await_running(generation, what))
+
+        def build(obj: Manifest) -> Manifest:
+            self._refuse_if_active(obj, "deploy")
+            restore = ({"initialSavepointPath": savepoint, "savepointRedeployNonce": _next_nonce(obj)}
+                       if savepoint is not None else {"initialSavepointPath": None})
+            return self._release_patch(obj, release, job | restore, what)
+
+        generation, _ = self._update(what, build)
+        return self._job_status(self._await_running(generation, what))
 
     def savepoint(self, kind: SavepointKind, *, stop: bool = False) -> str:
         """A savepoint of the running job; its path.
@@ -233,19 +238,17 @@ class KubernetesBackend:
         COMPLETED. With ``stop``: ``job.state: suspended``, ``upgradeMode: savepoint`` — the
         operator stops the job with a savepoint (and records it as an upgrade snapshot); the path is
         the one it writes to ``status.jobStatus.upgradeSavepointPath``."""
-        obj = self._read_existing()
-        seen = _Seen.of(obj)
-        if seen.job_state != "RUNNING":
-            raise LifecycleError(f"no running job in FlinkDeployment {self._where} ({seen}): a savepoint "
-                                 "needs a running job; check `status`")
-        if stop:
-            before = seen.upgrade_savepoint
-            suspend = {"spec": {"job": {"state": "suspended", "upgradeMode": "savepoint"}}}
-            generation = self._patch(obj, suspend, "stop with a savepoint")
-            done = self._poll(f"stop of {self._where} with a savepoint", self.savepoint_timeout_s,
-                              lambda: self._suspended(generation))
-            return self._new_savepoint_path(done, before, "the stop")
-        return self._snapshot(kind, obj)
+        if not stop:
+            return self._snapshot(kind, self._running_deployment("a savepoint"))
+
+        def build(obj: Manifest) -> Manifest:
+            self._running_deployment("a stop with a savepoint", obj)
+            return {"spec": {"job": {"state": "suspended", "upgradeMode": "savepoint"}}}
+
+        generation, before = self._update("stop with a savepoint", build)
+        done = self._poll(f"stop of {self._where} with a savepoint", self.savepoint_timeout_s,
+                          lambda: self._suspended(generation))
+        return self._new_savepoint_path(done, _Seen.of(before).upgrade_savepoint, "the stop")
 
     def upgrade(self, release: Release) -> str:
         """Patch the running deployment to ``release`` with ``upgradeMode: savepoint``; the operator
@@ -253,18 +256,18 @@ class KubernetesBackend:
         (``status.jobStatus.upgradeSavepointPath``) once the new job runs. Refused without a running
         job (the operator would fall back to the last checkpoint) or when ``release`` is what the
         spec already says (the operator would do nothing)."""
-        obj = self._read_existing()
-        seen = _Seen.of(obj)
-        if seen.job_state != "RUNNING":
-            raise LifecycleError(f"FlinkDeployment {self._where} has no running job ({seen}): an upgrade "
-                                 "with a savepoint needs one. Use `rollback` to start from a savepoint, "
-                                 "or `deploy` after `stop`")
+        what = f"upgrade to {release.name}"
         job: Manifest = {"state": "running", "upgradeMode": "savepoint", "allowNonRestoredState": False,
                          "initialSavepointPath": None}
-        generation = self._patch_release(obj, release, job, f"upgrade to {release.name}")
-        running = _Seen.of(self._await_running(generation, f"upgrade to {release.name}"))
+
+        def build(obj: Manifest) -> Manifest:
+            self._running_deployment("an upgrade with a savepoint", obj)
+            return self._release_patch(obj, release, job, what)
+
+        generation, before = self._update(what, build)
+        running = _Seen.of(self._await_running(generation, what))
         _LOG.info("upgraded %s to %s: %s", self._where, release.name, running)
-        return self._new_savepoint_path(running, seen.upgrade_savepoint, "the upgrade")
+        return self._new_savepoint_path(running, _Seen.of(before).upgrade_savepoint, "the upgrade")
 
     def rollback(self, release: Release, savepoint: str) -> JobStatus:
         """Patch the deployment to ``release`` with ``initialSavepointPath: savepoint`` and
@@ -273,14 +276,17 @@ class KubernetesBackend:
         redeploy). Creates the deployment from the template if there is none."""
         if not savepoint:
             raise LifecycleError("a rollback needs the savepoint to start from (see `savepoints`)")
-        obj = self._read()
-        if obj is None:
+        if self._read() is None:
             return self.deploy(release, savepoint=savepoint)
-        job: Manifest = {"state": "running", "upgradeMode": "savepoint", "allowNonRestoredState": False,
-                         "initialSavepointPath": savepoint, "savepointRedeployNonce": self._next_nonce(obj)}
-        generation = self._patch_release(obj, release, job, f"rollback to {release.name}")
-        running = self._await_running(generation, f"rollback to {release.name} from {savepoint}")
-        return self._job_status(running)
+        what = f"rollback to {release.name} from {savepoint}"
+
+        def build(obj: Manifest) -> Manifest:
+            job: Manifest = {"state": "running", "upgradeMode": "savepoint", "allowNonRestoredState": False,
+                             "initialSavepointPath": savepoint, "savepointRedeployNonce": _next_nonce(obj)}
+            return self._release_patch(obj, release, job, what)
+
+        generation, _ = self._update(what, build)
+        return self._job_status(self._await_running(generation, what))
 
     def cancel(self) -> None:
         """Suspend the job with ``upgradeMode: stateless``: the operator cancels it without a
@@ -290,8 +296,8 @@ class KubernetesBackend:
         obj = self._read()
         if obj is None or _at(obj, "spec", "job", "state") == "suspended":
             return
-        generation = self._patch(obj, {"spec": {"job": {"state": "suspended", "upgradeMode": "stateless"}}},
-                                 "cancel")
+        suspend = {"spec": {"job": {"state": "suspended", "upgradeMode": "stateless"}}}
+        generation, _ = self._update("cancel", lambda _obj: suspend)
         self._poll(f"cancel of {self._where}", self.deploy_timeout_s, lambda: self._suspended(generation))
 
     def offsets(self) -> dict[str, int]:
@@ -365,24 +371,43 @@ class KubernetesBackend:
         return JobStatus(state=state, release=annotations.get(RELEASE_ANNOTATION), job_id=seen.job_id,
                          detail="; ".join(parts))
 
-    def _patch(self, obj: Manifest, patch: Manifest, action: str) -> int:
-        """A JSON merge patch of the deployment, guarded by the ``resourceVersion`` of ``obj``;
-        returns the generation of the spec it leaves (what the waits compare with)."""
-        patch = copy.deepcopy(patch)
-        patch.setdefault("metadata", {})["resourceVersion"] = _at(obj, "metadata", "resourceVersion")
-        patched = self._call(action, lambda api: api.patch_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, DEPLOYMENTS, self.deployment, patch, field_validation="Strict"))
-        return int(_at(patched, "metadata", "generation") or 0)
+    def _update(self, action: str, build: Callable[[Manifest], Manifest]) -> tuple[int, Manifest]:
+        """Read the deployment, ``build`` a JSON merge patch from it (``build`` raises to refuse) and
+        send it guarded by the ``resourceVersion`` read. Another writer in between (the operator
+        writes the status often) is a conflict: read, build and send again, a few times. Returns the
+        generation of the spec the patch left (what the waits compare with) and the object read."""
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            obj = self._read_existing()
+            patch = copy.deepcopy(build(obj))
+            patch.setdefault("metadata", {})["resourceVersion"] = _at(obj, "metadata", "resourceVersion")
+            try:
+                patched = self._call(action, partial(_send_patch, self, patch))
+            except LifecycleError as exc:
+                conflict = isinstance(exc.__cause__, ApiException) and exc.__cause__.status == 409
+                if not conflict or attempt == CONFLICT_ATTEMPTS:
+                    raise
+                _LOG.info("%s: %s changed meanwhile, reading it again", action, self._where)
+                continue
+            return int(_at(patched, "metadata", "generation") or 0), obj
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
-    def _patch_release(self, obj: Manifest, release: Release, job: Manifest, action: str) -> int:
-        """Patch ``obj`` to run ``release`` with the ``job`` fields; refused when that leaves the spec
-        as it is, since the operator would then do nothing and the wait would only time out."""
+    def _release_patch(self, obj: Manifest, release: Release, job: Manifest, action: str) -> Manifest:
+        """The patch that makes ``obj`` run ``release`` with the ``job`` fields; refused when it
+        leaves the spec as it is, since the operator would then do nothing and a wait only time out."""
         spec_patch = self._release_spec(release, obj["spec"], job)
         if not _changes(obj["spec"], spec_patch):
             raise LifecycleError(f"{action}: FlinkDeployment {self._where} already has this spec, so the "
                                  "operator would do nothing; `status` shows what runs")
-        return self._patch(obj, {"metadata": {"annotations": _annotations(release)}, "spec": spec_patch},
-                           action)
+        return {"metadata": {"annotations": _annotations(release)}, "spec": spec_patch}
+
+    def _running_deployment(self, action: str, obj: Manifest | None = None) -> Manifest:
+        """``obj`` (or the deployment read now) when its job runs; refuses ``action`` otherwise."""
+        obj = obj if obj is not None else self._read_existing()
+        seen = _Seen.of(obj)
+        if seen.job_state != "RUNNING":
+            raise LifecycleError(f"FlinkDeployment {self._where} has no running job ({seen}): {action} "
+                                 "needs one. Check `status`; `rollback` starts a release from a savepoint")
+        return obj
 
     def _release_spec(self, release: Release, spec: Manifest, job: Manifest) -> Manifest:
         """The spec fields a release decides, as a merge patch of ``spec``: image, job arguments,
@@ -419,9 +444,6 @@ class KubernetesBackend:
         if savepoint is not None:
             body["spec"]["job"]["initialSavepointPath"] = savepoint
         return body
-
-    def _next_nonce(self, obj: Manifest) -> int:
-        return int(_at(obj, "spec", "job", "savepointRedeployNonce") or 0) + 1
 
     def _refuse_if_active(self, obj: Manifest, action: str) -> None:
         seen = _Seen.of(obj)
@@ -560,6 +582,15 @@ def _api_error(action: str, where: str, exc: ApiException) -> str:
 def _annotations(release: Release) -> dict[str, str | None]:
     # None removes the key in a merge patch: a release without a model version leaves none behind.
     return {RELEASE_ANNOTATION: release.name, MODEL_ANNOTATION: release.model_version}
+
+
+def _send_patch(backend: KubernetesBackend, patch: Manifest, api: k8s.CustomObjectsApi) -> Any:
+    return api.patch_namespaced_custom_object(GROUP, VERSION, backend.namespace, DEPLOYMENTS,
+                                              backend.deployment, patch, field_validation="Strict")
+
+
+def _next_nonce(obj: Manifest) -> int:
+    return int(_at(obj, "spec", "job", "savepointRedeployNonce") or 0) + 1
 
 
 def _changes(spec: Manifest, patch: Manifest) -> bool:

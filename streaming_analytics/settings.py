@@ -124,10 +124,11 @@ VARIABLES: dict[str, Variable] = {
         _v("SA_PUSH_HISTORY_OVERLAP_MS", "2000",
            "Margin (ms) of the Postgres recovery window for clock skew and lag between the sinks."),
         _v("SA_PUSH_HISTORY_POOL_SIZE", "4", "Most PostgreSQL connections one push process opens."),
-        # --- logging -------------------------------------------------------------------------
+        # --- anomaly model -------------------------------------------------------------------
         _v("SA_MODEL_DIR", str(PROJECT_ROOT / "var" / "models" / "anomaly"),
            "Directory of the anomaly model's versions (`anomaly-v<N>.keras`); the job scores with "
            "the newest and switches to newer ones while it runs."),
+        # --- logging -------------------------------------------------------------------------
         _v("SA_LOG_LEVEL", "INFO", "Log level of our Python processes."),
     )
 }

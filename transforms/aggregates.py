@@ -230,7 +230,7 @@ class EventStatsFn(beam.CombineFn):
 
 
 class MergePartialsFn(EventStatsFn):
-    """Like :class:`EventStatsFn`, but its inputs are partial accumulators (from ``PreAggregate``)."""
+    """Like :class:`EventStatsFn`, but its inputs are partial accumulators (from ``PreAggregateWindows``)."""
 
     def add_input(  # type: ignore[override]
         self, accumulator: AggregateAccumulator, partial: AggregateAccumulator
@@ -276,7 +276,9 @@ class Aggregate:
     (Java's ``ClosingBehavior.FIRE_ALWAYS``), so a window usually ends without a pane marked
     final: a consumer knows a window is complete once the watermark has passed its end + allowed
     lateness + the late gate's margin (+ size - period for sliding windows, see the module
-    docstring). Within a window, a higher ``pane_index`` always supersedes.
+    docstring). Within a window a newer pane supersedes: by revision (``emitted_at_ms``, then
+    ``pane_index``; ``streaming_analytics.streams.pane_revision``), which stays ordered across a
+    restore of the job, where Beam's index starts again from its restored value.
     """
 
     kind: str

@@ -31,6 +31,7 @@ from streaming_analytics.streams import (
     CHANNEL_FIXED,
     CHANNEL_SLIDING,
     StreamEntry,
+    pane_revision,
     window_key,
 )
 
@@ -67,8 +68,8 @@ def aggregate_entry(row: Row) -> StreamEntry:
     data = aggregate_payload(row)
     key = window_key(data["kind"], data["dimension"], data["key"], data["window_start_ms"],
                      data["window_end_ms"])
-    return StreamEntry(key=key, pane=data["pane_index"], timing=data["timing"], final=data["is_final"],
-                       data=data)
+    return StreamEntry(key=key, pane=pane_revision(data["emitted_at_ms"], data["pane_index"]),
+                       timing=data["timing"], final=data["is_final"], data=data)
 
 
 def alert_payload(row: Row) -> dict[str, Any]:

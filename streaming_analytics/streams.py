@@ -10,8 +10,8 @@ field      meaning
 ``key``    identity of the thing the entry updates, e.g. one aggregate window
            (``"<kind>|<dimension>|<dimension key>|<window start ms>|<window end ms>"``)
            or one alert (``"alert|<event id>"``)
-``pane``   pane index of that window (``"0"`` for alerts); a reader that has already seen a
-           higher pane for the same ``key`` drops the entry
+``pane``   the pane's revision (:func:`pane_revision`; ``"0"`` for alerts): a reader that has
+           already seen a higher one for the same ``key`` drops the entry
 ``timing`` ``EARLY`` / ``ON_TIME`` / ``LATE`` / ``UNKNOWN`` (Beam's ``PaneInfoTiming``)
 ``final``  ``"1"`` when no further pane will follow for this key, else ``"0"``
 ``data``   the payload, a JSON object (see docs/stream-contract.md)
@@ -87,6 +87,25 @@ class StreamEntry:
             final=text("final") == "1",
             data=orjson.loads(f["data"]),
         )
+
+
+#: Panes of one window emitted within the same millisecond are told apart by their index, up to this.
+_INDEX_SLOTS: Final = 1000
+
+
+def pane_revision(emitted_at_ms: int, pane_index: int) -> int:
+    """The order of a window's panes that survives a restore: ``emitted_at_ms * 1000 + index``.
+
+    Beam's pane index lives in the job's state, so a job restored from a savepoint — a rollback, a
+    restart from a checkpoint after a crash — numbers a window's panes again from the index it had
+    then, below the panes the sinks already hold. Ordered by index, the restored job's panes would
+    be dropped as stale and a window could keep a pane that misses events for good. The restored
+    job emits them later, though: ordered by when they were emitted (the pane index breaking ties
+    within a millisecond), the newest pane of a window always wins, before and after a restore.
+    (After a restore a window may briefly show its restored state before the replayed events
+    catch up; its last pane is complete.)
+    """
+    return emitted_at_ms * _INDEX_SLOTS + min(pane_index, _INDEX_SLOTS - 1)
 
 
 def is_newer(pane: int, last_seen_pane: int | None) -> bool:

@@ -51,8 +51,8 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import astuple
 from collections.abc import Callable, Iterator
+from dataclasses import astuple
 from typing import Any, Final
 
 import apache_beam as beam

@@ -5,9 +5,12 @@ idempotent, so the sinks can be at-least-once (a failed bundle, a restored check
 batch writes rows again) and the table still ends up as if each record had been written once.
 
 * ``aggregates``: ``INSERT … ON CONFLICT (kind, dimension, dimension_key, window_start, window_end)
-  DO UPDATE … WHERE aggregates.pane_index < EXCLUDED.pane_index``. A replayed pane (same index) and
-  an older pane arriving after a newer one both change nothing. ON CONFLICT cannot touch one row
-  twice in a statement, so a batch first keeps only the highest pane per window.
+  DO UPDATE … WHERE`` the stored pane's revision is lower than the new one's
+  (``streaming_analytics.streams.pane_revision``: emitted time, then pane index — the order that
+  survives a restore from a savepoint or checkpoint, whose panes start again from the restored
+  index). A repeated pane and an older pane arriving after a newer one both change nothing. ON
+  CONFLICT cannot touch one row twice in a statement, so a batch first keeps only the newest pane
+  per window.
 * ``alerts`` and ``dead_letters``: ``ON CONFLICT DO NOTHING`` on the alert id / the record's Kafka
   position (or, without a position, reason + payload hash).
 
@@ -219,7 +222,8 @@ class _AggregateUpsertFn(_PostgresWriteFn):
     ON_CONFLICT = (
         "ON CONFLICT (kind, dimension, dimension_key, window_start, window_end) DO UPDATE SET "
         + ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS[_PANE:])
-        + ", updated_at = now() WHERE t.pane_index < EXCLUDED.pane_index"
+        + ", updated_at = now() WHERE (t.emitted_at, LEAST(t.pane_index, 999))"
+        " < (EXCLUDED.emitted_at, LEAST(EXCLUDED.pane_index, 999))"
     )
 
     def convert(self, element: Any) -> Row:
@@ -230,14 +234,18 @@ class _AggregateUpsertFn(_PostgresWriteFn):
                 a["p99"], a["distinct_users"], ms_to_datetime(a["emitted_at_ms"]))
 
     def dedupe(self, rows: list[Row]) -> list[Row]:
-        """Keep the highest pane per window (the last one on a tie: a replay of the same pane)."""
+        """Keep the newest pane per window by revision (the last one on a tie: a repeated pane)."""
         newest: dict[Row, Row] = {}
         for row in rows:
             key = row[: self._KEY_LEN]
             kept = newest.get(key)
-            if kept is None or row[self._PANE] >= kept[self._PANE]:
+            if kept is None or self._revision(row) >= self._revision(kept):
                 newest[key] = row
         return list(newest.values())
+
+    def _revision(self, row: Row) -> tuple[Any, int]:
+        # The SQL guard's order: (emitted_at, index capped as in pane_revision).
+        return row[-1], min(row[self._PANE], 999)
 
 
 class _AlertInsertFn(_PostgresWriteFn):

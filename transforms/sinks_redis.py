@@ -36,7 +36,14 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from streaming_analytics.settings import worker_value
-from streaming_analytics.streams import CHANNEL_ALERTS, CHANNELS, StreamEntry, stream_key, window_key
+from streaming_analytics.streams import (
+    CHANNEL_ALERTS,
+    CHANNELS,
+    StreamEntry,
+    pane_revision,
+    stream_key,
+    window_key,
+)
 from transforms import metrics, sink_metrics
 from transforms.records import DeadLetter
 from transforms.retry import RetryPolicy, call_with_retry
@@ -60,7 +67,7 @@ def aggregate_entry(record: Any) -> StreamEntry:
     a = aggregate_dict(record)
     return StreamEntry(
         key=window_key(a["kind"], a["dimension"], a["key"], a["window_start_ms"], a["window_end_ms"]),
-        pane=int(a["pane_index"]),
+        pane=pane_revision(int(a["emitted_at_ms"]), int(a["pane_index"])),
         timing=a["timing"],
         final=bool(a["is_final"]),
         data=a,

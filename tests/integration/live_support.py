@@ -146,14 +146,17 @@ class LiveProducer:
 
 
 def wait_until_exact(job: LiveJob, partitions: int, timeout_s: float = 180,
-                     alive: Callable[[], None] | None = None) -> int:
+                     alive: Callable[[], None] | None = None,
+                     excused_reasons: frozenset[str] = frozenset()) -> int:
     """Poll until Postgres and Redis hold exactly the independent computation (every window's final
-    pane, every dead letter, one alert per anomalous event); returns the number of windows."""
+    pane, every dead letter, one alert per anomalous event); returns the number of windows.
+    ``excused_reasons``: see :func:`assert_results_exact`."""
     deadline = time.monotonic() + timeout_s
     while True:
         (alive or job.assert_alive)()
         try:
-            return assert_results_exact(job.settings, job.settings.topic_events, partitions, WINDOWS)
+            return assert_results_exact(job.settings, job.settings.topic_events, partitions, WINDOWS,
+                                        excused_reasons=excused_reasons)
         except AssertionError:
             if time.monotonic() > deadline:
                 raise

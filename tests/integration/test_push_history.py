@@ -29,7 +29,14 @@ from websockets.asyncio.client import connect
 from push_server.devtokens import claims_for, hs256
 from streaming_analytics.db.migrate import migrate
 from streaming_analytics.settings import Settings
-from streaming_analytics.streams import CHANNEL_ALERTS, CHANNEL_FIXED, StreamEntry, stream_key, window_key
+from streaming_analytics.streams import (
+    CHANNEL_ALERTS,
+    CHANNEL_FIXED,
+    StreamEntry,
+    pane_revision,
+    stream_key,
+    window_key,
+)
 from tests.support.push_process import PushServerProcess, recv_json, send_json, xadd
 
 pytestmark = pytest.mark.integration
@@ -120,9 +127,10 @@ def pane(dimension: str, key: str, n: int, start_ms: int) -> StreamEntry:
             "window_end_ms": start_ms + 60_000, "pane_index": n, "timing": "EARLY", "is_final": False,
             "count": 10 * (n + 1), "sum_amount": 1.5, "mean_amount": 1.5, "min_amount": 1.0,
             "max_amount": 2.0, "p50": 1.5, "p95": 2.0, "p99": 2.0, "distinct_users": 3,
-            "emitted_at_ms": start_ms + 1000}
+            "emitted_at_ms": start_ms + 1000 + n}
     key = window_key("fixed", dimension, key, start_ms, start_ms + 60_000)
-    return StreamEntry(key, n, "EARLY", False, data)
+    # As the Redis sink writes it: the entry's pane is the pane's revision.
+    return StreamEntry(key, pane_revision(data["emitted_at_ms"], n), "EARLY", False, data)
 
 
 AGG_INSERT = (
@@ -137,7 +145,7 @@ AGG_INSERT = (
 def agg_row(entry: StreamEntry, updated_ms: int) -> tuple[Any, ...]:
     d = entry.data
     return ("fixed", d["dimension"], d["key"], at_ms(d["window_start_ms"]), at_ms(d["window_end_ms"]),
-            entry.pane, d["timing"], d["is_final"], d["count"], d["sum_amount"], d["mean_amount"],
+            d["pane_index"], d["timing"], d["is_final"], d["count"], d["sum_amount"], d["mean_amount"],
             d["min_amount"], d["max_amount"], d["p50"], d["p95"], d["p99"], d["distinct_users"],
             at_ms(d["emitted_at_ms"]), at_ms(updated_ms))
 
@@ -224,7 +232,9 @@ def test_trimmed_aggregates_are_recovered_from_postgres_then_redis_then_live(env
 
     reply, replayed, live = asyncio.run(scenario())
     assert reply["recovered"] is True and reply["source"] == "postgres+redis" and reply["offset"] == since
-    got = [(p["data"]["key"], p["pane"], p.get("source", "redis")) for p in replayed]
+    got = [(p["data"]["key"], p["data"]["pane_index"], p.get("source", "redis")) for p in replayed]
+    assert all(p["pane"] == pane_revision(p["data"]["emitted_at_ms"], p["data"]["pane_index"])
+               for p in replayed)
     # kA changed before ms(since) - overlap: not replayed. kM changed at since: inside the overlap, repeated
     # once at the pane the client had. B's gap panes are superseded by the table's p2; the held Redis
     # entries (kC repeat, kE, kB p2) repeat what Postgres sent and are dropped at the seam.
@@ -233,7 +243,8 @@ def test_trimmed_aggregates_are_recovered_from_postgres_then_redis_then_live(env
     assert got == [(k, p, "postgres") for _, k, p in expected_pg]
     assert all(p["offset"] == since for p in replayed)
     assert id_b0 < id_b1  # the gap really held B's earlier panes
-    assert [(p["data"]["key"], p["pane"], p.get("source")) for p in live] == [("F", 0, None), ("B", 3, None)]
+    assert [(p["data"]["key"], p["data"]["pane_index"], p.get("source")) for p in live] == [
+        ("F", 0, None), ("B", 3, None)]
     keys_panes = [(p["key"], p["pane"]) for p in replayed + live]
     assert len(set(keys_panes)) == len(keys_panes)
 

@@ -11,6 +11,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -119,6 +120,24 @@ def test_an_older_pane_never_overwrites_a_newer_one(settings: Settings, schema: 
     run_sink([aggregate(unique_name, 3, count=25, timing="LATE", final=True)], sink)
     [row] = aggregate_rows(settings, schema, unique_name)
     assert row[2:8] == (3, "LATE", True, 25, 62.5, 12)
+
+
+def test_a_pane_emitted_after_a_restore_supersedes_a_higher_index(settings: Settings, schema: str,
+                                                                  unique_name: str) -> None:
+    """A job restored from a savepoint (a rollback) numbers a window's panes again from the index
+    it had then: the newer emission wins though its index is lower — alone and within a batch."""
+    sink = WriteAggregatesToPostgres(settings.postgres_dsn, schema=schema)
+    before = aggregate(unique_name, 7, count=20)
+    restored = replace(aggregate(unique_name, 3, count=30), emitted_at_ms=before.emitted_at_ms + 60_000)
+    run_sink([before], sink)
+    run_sink([restored], sink)
+    [row] = aggregate_rows(settings, schema, unique_name)
+    assert (row[2], row[5]) == (3, 30)
+    run_sink([before], sink)  # the pre-restore pane again (a retried write): older, changes nothing
+    assert [(r[2], r[5]) for r in aggregate_rows(settings, schema, unique_name)] == [(3, 30)]
+    run_sink([replace(restored, key=f"{unique_name}_b"), replace(before, key=f"{unique_name}_b")],
+             WriteAggregatesToPostgres(settings.postgres_dsn, schema=schema, batch_size=10))
+    assert [(r[2], r[5]) for r in aggregate_rows(settings, schema, f"{unique_name}_b")] == [(3, 30)]
 
 
 def test_a_batch_keeps_the_highest_pane_of_each_window(settings: Settings, schema: str,

@@ -19,6 +19,7 @@ class WindowState {
   constructor(kind) {
     this.kind = kind;
     this.windows = new Map();          // window key -> payload (newest pane)
+    this.panes = new Map();            // window key -> that pane's revision (the entry's pane)
     this.dimensions = new Set();
     this.updates = 0;
     this.chart = null;
@@ -28,8 +29,9 @@ class WindowState {
   }
 
   apply(pub) {
-    const old = this.windows.get(pub.key);
-    if (old && old.pane_index >= pub.pane) return false;   // stale or repeated pane
+    const old = this.panes.get(pub.key);
+    if (old !== undefined && old >= pub.pane) return false;   // stale or repeated pane (revision)
+    this.panes.set(pub.key, pub.pane);
     this.windows.set(pub.key, pub.data);
     this.updates += 1;
     if (!this.dimensions.has(pub.data.dimension)) {
@@ -46,7 +48,12 @@ class WindowState {
     if (this.windows.size <= MAX_WINDOWS * 20) return;
     const ends = [...new Set([...this.windows.values()].map((w) => w.window_end_ms))].sort((a, b) => a - b);
     const cutoff = ends[Math.max(0, ends.length - MAX_WINDOWS)];
-    for (const [key, w] of this.windows) if (w.window_end_ms < cutoff) this.windows.delete(key);
+    for (const [key, w] of this.windows) {
+      if (w.window_end_ms < cutoff) {
+        this.windows.delete(key);
+        this.panes.delete(key);
+      }
+    }
   }
 
   series() {

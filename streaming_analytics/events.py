@@ -44,6 +44,12 @@ SCHEMA_VERSION: Final = 1
 #: Largest accepted record value; anything bigger is rejected before parsing.
 MAX_EVENT_BYTES: Final = 16 * 1024
 
+#: Largest accepted ``amount``. The aggregates sum amounts exactly in integer micro-units
+#: (transforms/aggregates.py), and ``amount * 1e6`` must stay finite for that (above ~1.8e302 it is
+#: infinite and the job could not count the event); 1e12 keeps one amount's micro-units within 64
+#: bits, for any consumer that stores them so, and is beyond any real payment.
+MAX_AMOUNT: Final = 1e12
+
 EVENT_TYPES: Final = (
     "view",
     "add_to_cart",
@@ -205,6 +211,8 @@ def _validate_checked(doc: Any) -> Event:
     amount = _number(doc, "amount")
     if amount < 0:
         raise InvalidEvent("bad_value", f"amount={amount} is negative")
+    if amount > MAX_AMOUNT:
+        raise InvalidEvent("bad_value", f"amount={amount} exceeds {MAX_AMOUNT:.0e}")
     features_doc = _require(doc, "features")
     if not isinstance(features_doc, dict):
         raise InvalidEvent("bad_type", "features must be an object")
@@ -303,7 +311,7 @@ def _accept_fast(doc: dict[str, Any]) -> Event | None:
         return None
     top = _MAX_FLOAT
     if not (
-        0.0 <= amount <= top and 0.0 <= f0 <= top and 0.0 <= f1 <= top and 0.0 <= f2 <= top
+        0.0 <= amount <= MAX_AMOUNT and 0.0 <= f0 <= top and 0.0 <= f1 <= top and 0.0 <= f2 <= top
         and 0.0 <= f3 <= 1.0 and 0.0 <= f4 <= 1.0 and 0.0 <= f5 <= top
     ):
         return None

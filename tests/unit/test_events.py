@@ -31,6 +31,7 @@ from streaming_analytics.events import (
     validate_event,
 )
 from streaming_analytics.generator import EventGenerator, Fractions, GeneratorConfig
+from tests.unit.hostile_support import ANY_TEXT
 
 VALID: dict[str, Any] = {
     "schema_version": 1,
@@ -70,6 +71,8 @@ INVALID = [
     ("bad_type", mutated("user_id", 42)),
     ("bad_type", mutated("features", [1, 2])),
     ("bad_value", mutated("amount", -0.01)),
+    ("bad_value", mutated("amount", 1e12 + 1)),  # its micro-units would leave 64 bits
+    ("bad_value", mutated("amount", 1e303)),  # amount * 1e6 is infinite: the job could not sum it
     ("bad_value", mutated("event_type", "teleport")),
     ("bad_value", mutated("country", "de")),
     ("bad_value", mutated("currency", "EURO")),
@@ -241,7 +244,7 @@ def test_both_tiers_agree_on_a_corrupted_feature(name: str, value: Any, delete: 
 
 
 _EDGES = (-1e-9, -0.0, 0, 0.0, 1, 1.0, 1 + 1e-9, 2, 1e308, -1e308, math.inf, -math.inf, math.nan,
-          True, False, 10**400, "1", None, [1], {"x": 1})
+          True, False, 10**400, "1", None, [1], {"x": 1}, 1e12, 10**12, 10**12 + 1, 1e12 * (1 + 1e-15))
 
 
 @pytest.mark.parametrize("field", ["amount", *[f"features.{name}" for name in FEATURE_NAMES]])
@@ -274,6 +277,33 @@ _BOUNDARY_DOCS = [
 @pytest.mark.parametrize("doc", _BOUNDARY_DOCS)
 def test_both_tiers_agree_at_every_string_and_time_bound(doc: dict[str, Any]) -> None:
     _assert_validate_event_is_the_checked_validator(doc)
+
+
+_TEXT_FIELDS = ("event_id", "user_id", "session_id", "item_id", "category")
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(_TEXT_FIELDS), ANY_TEXT)
+def test_arbitrary_text_in_a_text_field_gets_one_verdict(field: str, text: str) -> None:
+    """Both tiers of the validator agree on any text (surrogates and every edge included); the
+    JSON Schema agrees too, except that it cannot see the normalization form; and what is accepted
+    is storable. Through JSON as well, where orjson refuses lone surrogates itself."""
+    doc = mutated(field, text)
+    _assert_validate_event_is_the_checked_validator(doc)
+    try:
+        validate_event(doc)
+        refusal = None
+    except InvalidEvent as exc:
+        refusal = exc
+    not_nfc = refusal is not None and "normalization form NFC" in refusal.detail
+    schema_accepts = jsonschema.Draft202012Validator(json_schema()).is_valid(doc)
+    assert schema_accepts == (refusal is None or not_nfc), (field, text, refusal)
+    try:
+        raw = orjson.dumps(doc)
+    except orjson.JSONEncodeError:  # a lone surrogate: no JSON producer can send it either
+        assert refusal is not None
+        return
+    assert _outcome(parse_event, raw)[0] == ("event" if refusal is None else "refused")
 
 
 class _Str(str):

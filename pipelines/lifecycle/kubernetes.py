@@ -556,9 +556,9 @@ def _connect(context: str | None) -> k8s.ApiClient:
     try:
         return k8s_config.new_client_from_config(context=context)
     except (ConfigException, OSError) as exc:
-        raise LifecycleError(f"no Kubernetes credentials: {exc}. Set KUBECONFIG (or run in a pod with a "
-                             "service account allowed to get/create/patch flinkdeployments and "
-                             "flinkstatesnapshots)") from exc
+        raise LifecycleError(f"no Kubernetes credentials: {str(exc).rstrip('.')}. Set KUBECONFIG (or run "
+                             "in a pod with a service account allowed to get/create/patch "
+                             "flinkdeployments and flinkstatesnapshots)") from exc
 
 
 def _api_error(action: str, where: str, exc: ApiException) -> str:

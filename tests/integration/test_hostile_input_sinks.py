@@ -43,9 +43,8 @@ from transforms.sinks_postgres import (
 )
 from transforms.sinks_redis import WriteToRedisStreams
 
-#: Examples per property, each one pipeline run of a batch of records (about a second each).
+#: Examples per property, each one pipeline run of 10-30 records (about a second each).
 EXAMPLES = 8
-BATCH = st.integers(min_value=1, max_value=25)
 _runs = itertools.count()
 
 
@@ -131,8 +130,8 @@ _SETTINGS = settings(max_examples=EXAMPLES, deadline=None,
 
 
 @_SETTINGS
-@given(st.lists(valid_documents(), min_size=1, max_size=25),
-       st.lists(st.tuples(st.binary(max_size=200), ANY_TEXT), max_size=10))
+@given(st.lists(valid_documents(), min_size=10, max_size=30),
+       st.lists(st.tuples(st.binary(max_size=200), ANY_TEXT), min_size=3, max_size=10))
 def test_whatever_the_contract_admits_is_stored_and_streamed_exactly(
         target: tuple[Settings, str, str], docs: list[dict[str, Any]],
         letters: list[tuple[bytes, str]]) -> None:
@@ -170,7 +169,7 @@ _ANY_NUMBER = (st.integers() | st.floats() | st.sampled_from([2**63, -(2**63) - 
 
 
 @_SETTINGS
-@given(st.lists(st.tuples(ANY_TEXT, _ANY_NUMBER, _ANY_NUMBER), min_size=1, max_size=25))
+@given(st.lists(st.tuples(ANY_TEXT, _ANY_NUMBER, _ANY_NUMBER), min_size=10, max_size=30))
 def test_no_record_a_sink_is_handed_fails_the_pipeline(target: tuple[Settings, str, str],
                                                        records: list[tuple[str, Any, Any]]) -> None:
     """Aggregates with any text as their key and any number as their count and sum: each one is

@@ -432,7 +432,8 @@ class KubernetesBackend:
                                 f"release image {release.image} has no tag, so the {self.harness_container} "
                                 "container cannot follow it: tag both images with the release")
                         container["image"] = _with_tag(container["image"], tag)
-                        patch["taskManager"] = {"podTemplate": {"spec": {field: containers}}}
+                        pod_patch = patch.setdefault("taskManager", {"podTemplate": {"spec": {}}})
+                        pod_patch["podTemplate"]["spec"][field] = containers
         return patch
 
     def _new_deployment(self, release: Release, job: Manifest, savepoint: str | None) -> Manifest:

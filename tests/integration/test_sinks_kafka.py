@@ -1,6 +1,6 @@
 """Dead-letter sink on the stack's real Kafka: records arrive acknowledged, keyed by their source
-position, with the raw payload intact (any bytes, or none); an unreachable broker is retried, then
-reported."""
+position, with the raw payload intact (any bytes, or none); a letter that cannot be sent is counted,
+not fatal; an unreachable broker is retried, then reported."""
 
 from __future__ import annotations
 
@@ -94,3 +94,22 @@ def test_an_unreachable_broker_is_retried_then_reported(caplog: pytest.LogCaptur
     assert match is not None and int(match.group(1)) >= 2
     retried = [r for r in caplog.records if "kafka.dead_letters: transient failure" in r.getMessage()]
     assert len(retried) == int(match.group(1)) - 1
+
+
+def test_a_letter_that_cannot_be_sent_is_counted_and_the_others_arrive(
+        settings: Settings, dlq_topic: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The DLQ topic is the last dead-letter path: a letter it cannot encode (a detail holding a lone
+    surrogate, a mapping lacking fields) is logged and counted, never a failed job."""
+    good = DeadLetter(raw=b"x", reason_code="not_json", reason_detail="bad", topic="events", partition=0,
+                      offset=1, failed_at_ms=T0_MS)
+    surrogate = DeadLetter(raw=b"y", reason_code="sink_rejected", reason_detail="bo\ud800oks", topic=None,
+                           partition=None, offset=None, failed_at_ms=T0_MS)
+    lacking = {"raw": b"z", "reason_code": "not_json"}
+    caplog.set_level(logging.ERROR, logger="transforms.sinks_kafka")
+    sink = WriteDeadLettersToKafka(settings.kafka_bootstrap, dlq_topic)
+    result = run_sink([surrogate, good, lacking], sink)
+    received = consume_all(settings.kafka_bootstrap, dlq_topic, 1)
+    assert [key for key, _, _ in received] == [b"events-0-1"]
+    assert counter(result, "sink_rejected.kafka.dead_letters") == 2
+    assert counter(result, "sink_rows_written.kafka.dead_letters") == 1
+    assert len([r for r in caplog.records if "cannot send a dead letter" in r.getMessage()]) == 2

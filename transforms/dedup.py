@@ -22,8 +22,10 @@ by shard. Per shard:
   compacts the bag (drops expired ids) and advances ``forgotten_before_ms``. The rounding bounds the
   compactions to 20 per horizon of event time; an id is therefore remembered up to 5 % of the
   horizon longer than the horizon (harmless: see below).
-* the ``late_gate`` event-time timer at the next deadline of the late-data rule: when it fires, the
-  watermark has passed that deadline (see ``transforms/late_data.py``).
+* the ``late_gate`` event-time timers, a ladder of lattice points of the late-data rule (one
+  dynamic tag per rung): when one fires, the watermark has passed its point (see
+  ``transforms/late_data.py``). Each worker also keeps the highest point any shard learnt (the
+  *floor*, in memory), for shards that know nothing yet.
 * An in-memory copy of the shard's ids (per DoFn instance) makes a batch cost O(batch), not
   O(shard). It is used only while ``token`` in state equals the token this instance wrote last
   with it (a fresh random one per write that changes the ids); after a restore, a rescale, a retried
@@ -125,6 +127,13 @@ def timer_time(point_ms: int) -> Timestamp:
     return Timestamp(micros=point_ms * 1000 + 1)
 
 
+def _set_ladder(late_gate: Any, rungs: tuple[int, ...]) -> None:
+    """Set the rule's ladder: rung ``i`` is the ``late_gate`` timer tagged ``i``. Rungs of an older,
+    longer ladder stay set: when they fire they still tell the truth (the watermark passed them)."""
+    for i, point in enumerate(rungs):
+        late_gate.set(timer_time(point), dynamic_timer_tag=str(i))
+
+
 def _new_token() -> int:
     return random.getrandbits(62) + 1  # never 0, the token of an empty shard
 
@@ -165,6 +174,9 @@ class _DedupShardFn(beam.DoFn):
     def setup(self) -> None:
         self._mirrors: dict[Any, _ShardMirror] = {}
         self._bundle = _new_token()
+        # What any shard of this worker learnt (the step's watermark is every key's), with the
+        # same bundle rule as a shard's own knowledge.
+        self._floor = GateState()
 
     def start_bundle(self) -> None:
         # Tells the late-data rule which knowledge was learnt in this bundle (transforms/late_data.py).
@@ -219,10 +231,12 @@ class _DedupShardFn(beam.DoFn):
                 timer_at = due
             gate = GateState(*knowledge)
             oldest = min(e.event_time_ms for e in passed)
-            yield from self._judge(passed, oldest, self._rule.usable(gate, self._bundle))
-            step = self._rule.judged(gate, oldest, max(e.event_time_ms for e in passed))
-            if step.arm_ms is not None:
-                late_gate.set(timer_time(step.arm_ms))
+            rule = self._rule
+            floor = rule.usable(self._floor, self._bundle)
+            known = [k for k in (rule.usable(gate, self._bundle), floor) if k is not None]
+            yield from self._judge(passed, oldest, max(known) if known else None)
+            step = rule.judged(gate, oldest, max(e.event_time_ms for e in passed), floor)
+            _set_ladder(late_gate, step.rungs)
             token = _new_token()
             meta.write((token, forgotten_before, timer_at, *astuple(step.state)))
         mirror.token = token
@@ -277,9 +291,10 @@ class _DedupShardFn(beam.DoFn):
         """The watermark has passed the armed deadline: remember it, arm the next one. The ids are
         unchanged, so the token (and every instance's copy of them) stays valid."""
         token, forgotten_before, timer_at, *knowledge = meta.read() or _EMPTY_META
-        step = self._rule.fired(GateState(*knowledge), fired_at.micros // 1000, self._bundle)
-        if step.arm_ms is not None:
-            late_gate.set(timer_time(step.arm_ms))
+        point = fired_at.micros // 1000
+        self._floor = self._rule.raised(self._floor, point, self._bundle)
+        step = self._rule.fired(GateState(*knowledge), point, self._bundle)
+        _set_ladder(late_gate, step.rungs)
         meta.write((token, forgotten_before, timer_at, *astuple(step.state)))
 
     @on_timer(_EXPIRY)

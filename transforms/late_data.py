@@ -19,19 +19,31 @@ close earlier; while its newest one is open, the GroupByKey still takes it for e
 Deadlines are points of a lattice, ``k * period + size + lateness``, so a shard does not need to know
 the watermark to the millisecond: only the highest lattice point it has passed.
 
-**Learning.** Per shard: ``passed`` (that highest point known to be passed), one event-time timer
-``armed`` at the next lattice point above it (the lowest next point over all kinds), and ``newest``
-(the newest event time judged). When the timer fires, ``passed`` moves to its point and the timer
-is re-armed at the next one; a watermark jump fires the points one after another. A shard with no
-knowledge yet (its first batch) admits, and arms its timer at the lowest deadline it has seen.
+**Learning.** Per shard: ``passed`` (that highest point known to be passed), ``newest`` (the
+newest event time judged) and a *ladder* of event-time timers (one timer family, a tag per rung):
+rung 0 ``armed`` at the next lattice point above ``passed`` (the lowest next point over all kinds),
+the others at lattice points at doubling distances above it, up to where learning stops. When a
+rung fires, ``passed`` moves to its point and the ladder is set again from there. A watermark jump
+of ``J`` fires every rung below it at once, so ``passed`` lands within ``J / 2`` of the watermark,
+and the next round halves the rest: a runner that fires the timers a step sets only after the
+bundle that set them (Flink, one round per bundle) catches up in ``log2(J / period)`` rounds, not
+``J / period``.
+
+**Why admitting is safe.** Each event-time timer holds the step's output watermark at its time
+until it has fired (Beam's watermark holds), so the GroupByKey's watermark never passes a shard's
+rung 0, ``next(passed)``. An event the shard admits has a deadline above what it used, so at or
+above that rung — and the GroupByKey keeps it. A shard with no knowledge of its own starts from
+the *floor*: the highest point any shard of this worker learnt in an earlier bundle (the watermark
+is the step's, not the key's). With no floor either (the job's first bundles), it admits, and sets
+its rung 0 ``lookahead`` below the lowest deadline it has seen: the output watermark stays below
+that until the ladder has caught up, so what was admitted blindly cannot be dropped by the
+GroupByKey either (unless it is more than ``lookahead`` older than everything judged before).
 
 **Where learning stops.** A watermark at the end of the input (+inf: a bounded run, a drained job)
 would fire lattice points forever. So the timer is re-armed only while the next point is at most
 ``lookahead`` beyond the deadline of the shard's newest event: past that, no event the shard has
 seen can be judged differently, and the next event it receives re-arms it. What this leaves open
-is documented in docs/pipeline.md ("Late data"): an event newer than everything its shard has
-judged, arriving after the watermark has run more than ``lookahead`` beyond that shard's newest
-deadline, or in the very first batch of a shard, is admitted without knowledge.
+is documented in docs/pipeline.md ("Late data").
 
 **Knowledge counts from the next bundle on.** A runner may hand a shard, within one bundle, a timer
 before elements that reached the step ahead of the watermark that fired it: Beam's Python SDK
@@ -98,10 +110,16 @@ class GateState:
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """A new :class:`GateState` and, when not ``None``, the lattice point to set the timer for."""
+    """A new :class:`GateState` and the ladder to set (``rungs[i]`` for the timer tagged ``i``;
+    empty: leave the timers as they are)."""
 
     state: GateState
-    arm_ms: int | None
+    rungs: tuple[int, ...] = ()
+
+    @property
+    def arm_ms(self) -> int | None:
+        """Rung 0, the point the shard's knowledge moves to next (``None``: nothing to set)."""
+        return self.rungs[0] if self.rungs else None
 
 
 @dataclass(frozen=True)
@@ -133,18 +151,44 @@ class LateDataRule:
         """The lowest deadline of any kind later than ``x_ms``: where the timer goes next."""
         return min(k.after(x_ms) for k in self.kinds)
 
+    def at_or_after(self, x_ms: int) -> int:
+        """The lowest deadline of any kind at or after ``x_ms``."""
+        return self.next_after(x_ms - 1)
+
+    def ladder(self, rung0_ms: int, newest_ms: int) -> tuple[int, ...]:
+        """``rung0_ms`` and the lattice points at doubling distances above it (the first one a
+        period up), up to :meth:`ceiling` (see the module docstring)."""
+        top = self.ceiling(newest_ms)
+        distance = min(k.period_ms for k in self.kinds)
+        rungs = [rung0_ms]
+        while (rung := self.at_or_after(rung0_ms + distance)) <= top:
+            if rung > rungs[-1]:
+                rungs.append(rung)
+            distance *= 2
+        return tuple(rungs)
+
+    @staticmethod
+    def raised(state: GateState, point_ms: int, bundle: int) -> GateState:
+        """``state`` after learning in ``bundle`` that the watermark passed ``point_ms``."""
+        passed = point_ms if state.passed_ms is None else max(state.passed_ms, point_ms)
+        return replace(state, passed_ms=passed, learnt_in=bundle,
+                       settled_ms=LateDataRule.usable(state, bundle))
+
     def ceiling(self, newest_ms: int) -> int:
         """The highest point a shard whose newest event is at ``newest_ms`` keeps learning up to."""
         return max(k.of(newest_ms) for k in self.kinds) + self.lookahead_ms
 
-    def judged(self, state: GateState, oldest_ms: int, newest_ms: int) -> Step:
-        """After a batch with event times in ``[oldest_ms, newest_ms]`` was judged."""
+    def judged(self, state: GateState, oldest_ms: int, newest_ms: int, floor_ms: int | None = None) -> Step:
+        """After a batch with event times in ``[oldest_ms, newest_ms]`` was judged (``floor_ms``:
+        what the worker knew before this bundle, for a shard that knows nothing yet)."""
         newest = newest_ms if state.newest_ms is None else max(state.newest_ms, newest_ms)
         state = replace(state, newest_ms=newest)
+        if state.passed_ms is None and floor_ms is not None:
+            state = replace(state, passed_ms=floor_ms, settled_ms=floor_ms, learnt_in=None)
         if state.passed_ms is None:
-            # Nothing learnt yet: the timer goes to the lowest deadline seen, so that the first
-            # firing tells the most.
-            want = min(k.of(oldest_ms) for k in self.kinds)
+            # Nothing learnt anywhere yet: rung 0 goes ``lookahead`` below the lowest deadline
+            # seen, holding the output watermark there until the ladder has caught up.
+            want = self.at_or_after(min(k.of(oldest_ms) for k in self.kinds) - self.lookahead_ms)
             if state.armed_ms is not None and state.armed_ms <= want:
                 want = state.armed_ms
         elif state.armed_ms is None:
@@ -154,18 +198,19 @@ class LateDataRule:
         return self._arm(state, want)
 
     def fired(self, state: GateState, point_ms: int, bundle: int) -> Step:
-        """After the timer set for ``point_ms`` fired in ``bundle``: the watermark has passed it."""
-        passed = point_ms if state.passed_ms is None else max(state.passed_ms, point_ms)
-        learnt = replace(state, passed_ms=passed, armed_ms=None, learnt_in=bundle,
-                         settled_ms=self.usable(state, bundle))
-        return self._arm(learnt, self.next_after(passed))
+        """After the rung set for ``point_ms`` fired in ``bundle``: the watermark has passed it."""
+        if state.passed_ms is not None and point_ms <= state.passed_ms:
+            return Step(state)  # a rung below what the shard knows: nothing new
+        learnt = replace(self.raised(state, point_ms, bundle), armed_ms=None)
+        assert learnt.passed_ms is not None
+        return self._arm(learnt, self.next_after(learnt.passed_ms))
 
     def _arm(self, state: GateState, want: int) -> Step:
         if want == state.armed_ms:
-            return Step(state, None)
+            return Step(state)
         if state.newest_ms is None or want > self.ceiling(state.newest_ms):
-            return Step(state, None)  # learning stops here (see the module docstring)
-        return Step(replace(state, armed_ms=want), want)
+            return Step(state)  # learning stops here (see the module docstring)
+        return Step(replace(state, armed_ms=want), self.ladder(want, state.newest_ms))
 
     def dead_letter(self, event: Event, refusing: Sequence[Deadlines], passed_ms: int,
                     failed_at_ms: int) -> DeadLetter:

@@ -34,12 +34,16 @@ ROLLED_BACK = 3
 
 
 def make_backend(settings: Settings, backend: str, job_name: str | None) -> Backend:
+    from pipelines.lifecycle.local import committed_offsets
+
+    def offsets() -> dict[str, int]:
+        # Where the CLI reaches Kafka (SA_KAFKA_BOOTSTRAP); savepoint records then carry the
+        # consumer group's committed offsets on either backend.
+        return committed_offsets(settings.kafka_bootstrap, settings.consumer_group, settings.topic_events)
+
     if backend == "local":
         from pipelines.flink_rest import FlinkRest
-        from pipelines.lifecycle.local import LocalFlinkBackend, committed_offsets
-
-        def offsets() -> dict[str, int]:
-            return committed_offsets(settings.kafka_bootstrap, settings.consumer_group, settings.topic_events)
+        from pipelines.lifecycle.local import LocalFlinkBackend
 
         return LocalFlinkBackend(FlinkRest(settings.flink_rest_url), settings.lifecycle_dir / "savepoints",
                                  job_name=job_name, offsets=offsets)
@@ -47,7 +51,7 @@ def make_backend(settings: Settings, backend: str, job_name: str | None) -> Back
         from pipelines.lifecycle.kubernetes import KubernetesBackend
 
         kubernetes: Backend = KubernetesBackend(namespace=settings.k8s_namespace,
-                                                name=settings.k8s_deployment)
+                                                name=settings.k8s_deployment, offsets=offsets)
         return kubernetes
     raise LifecycleError(f"unknown backend {backend!r}: local or kubernetes")
 

@@ -41,10 +41,11 @@ class Backend(Protocol):
         event is processed after it); returns its path."""
         ...
 
-    def upgrade(self, release: Release) -> str:
+    def upgrade(self, release: Release, *, allow_non_restored_state: bool = False) -> str:
         """Stop the running release with a savepoint and start ``release`` from it (on Kubernetes:
         one spec patch with ``upgradeMode: savepoint``, the operator takes the savepoint); returns
-        the savepoint's path, the rollback point."""
+        the savepoint's path, the rollback point. ``allow_non_restored_state``: let the new release
+        drop savepoint state none of its operators claims (a deliberate choice)."""
         ...
 
     def rollback(self, release: Release, savepoint: str) -> JobStatus:

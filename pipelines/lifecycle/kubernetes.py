@@ -250,15 +250,15 @@ class KubernetesBackend:
                           lambda: self._suspended(generation))
         return self._new_savepoint_path(done, _Seen.of(before).upgrade_savepoint, "the stop")
 
-    def upgrade(self, release: Release) -> str:
+    def upgrade(self, release: Release, *, allow_non_restored_state: bool = False) -> str:
         """Patch the running deployment to ``release`` with ``upgradeMode: savepoint``; the operator
         stops the job with a savepoint and starts the new spec from it. Returns that savepoint
         (``status.jobStatus.upgradeSavepointPath``) once the new job runs. Refused without a running
         job (the operator would fall back to the last checkpoint) or when ``release`` is what the
         spec already says (the operator would do nothing)."""
         what = f"upgrade to {release.name}"
-        job: Manifest = {"state": "running", "upgradeMode": "savepoint", "allowNonRestoredState": False,
-                         "initialSavepointPath": None}
+        job: Manifest = {"state": "running", "upgradeMode": "savepoint",
+                         "allowNonRestoredState": allow_non_restored_state, "initialSavepointPath": None}
 
         def build(obj: Manifest) -> Manifest:
             self._running_deployment("an upgrade with a savepoint", obj)

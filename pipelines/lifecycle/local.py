@@ -99,9 +99,9 @@ class LocalFlinkBackend:
         _LOG.info("%s savepoint of job %s: %s", kind, job_id, path)
         return path
 
-    def upgrade(self, release: Release) -> str:
+    def upgrade(self, release: Release, *, allow_non_restored_state: bool = False) -> str:
         path = self.savepoint("upgrade", stop=True)
-        self.deploy(release, savepoint=path)
+        self.deploy(release, savepoint=path, allow_non_restored_state=allow_non_restored_state)
         return path
 
     def rollback(self, release: Release, savepoint: str) -> JobStatus:

@@ -80,8 +80,8 @@ class Lifecycle:
                     f"release {release.name} would orphan state of {current.name}:\n  "
                     + "\n  ".join(problems)
                     + "\nkeep the step labels, or pass --allow-non-restored-state to drop that state")
-            offsets = self.backend.offsets()
-            path = self.backend.upgrade(release)
+            offsets = self._offsets()
+            path = self.backend.upgrade(release, allow_non_restored_state=allow_non_restored_state)
             record = self._record(path, "upgrade", current, offsets)
             audit["savepoint"] = path
             self.store.add_release(release)
@@ -141,11 +141,20 @@ class Lifecycle:
 
     def _take(self, kind: SavepointKind, *, stop: bool) -> SavepointRecord:
         current = self._current_release()
-        offsets = self.backend.offsets()
+        offsets = self._offsets()
         path = self.backend.savepoint(kind, stop=stop)
         if stop:
-            offsets = self.backend.offsets() or offsets
+            offsets = self._offsets() or offsets
         return self._record(path, kind, current, offsets)
+
+    def _offsets(self) -> dict[str, int]:
+        """The committed offsets for the record, or none: Kafka out of the CLI's reach must not
+        stop a savepoint (the savepoint holds its offsets either way)."""
+        try:
+            return self.backend.offsets()
+        except Exception as exc:  # noqa: BLE001 - any failure to read them only leaves them out
+            _LOG.warning("the savepoint record goes without Kafka offsets: %s", exc)
+            return {}
 
     def _record(self, path: str, kind: SavepointKind, release: Release,
                 offsets: dict[str, int]) -> SavepointRecord:

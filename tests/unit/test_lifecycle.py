@@ -158,9 +158,9 @@ class RecordingBackend:
             self.job = None
         return f"file:///sp/{kind}-{len(self.calls)}"
 
-    def upgrade(self, release: Release) -> str:
+    def upgrade(self, release: Release, *, allow_non_restored_state: bool = False) -> str:
         path = self.savepoint("upgrade", stop=True)
-        self.deploy(release, savepoint=path)
+        self.deploy(release, savepoint=path, allow_non_restored_state=allow_non_restored_state)
         return path
 
     def rollback(self, release: Release, savepoint: str) -> JobStatus:

@@ -1,6 +1,8 @@
 """The late-data rule (transforms/late_data.py): deadlines are the ends of newest windows plus the
-lateness and lie on a lattice; a shard learns the highest lattice point the watermark has passed one
-timer at a time, stops beyond its lookahead and resumes with its next event; and, on the
+lateness and lie on a lattice; a shard learns the highest lattice point the watermark has passed from
+a ladder of timers (in logarithmically many rounds after a jump), only for its later bundles, from
+the worker's floor when it knows nothing, stops beyond its lookahead and resumes with its next
+event; and, on the
 DirectRunner, the job's step refuses exactly what a plain GroupByKey with the same windows drops,
 to the millisecond."""
 
@@ -56,24 +58,38 @@ def test_one_deadline_per_kind_and_a_lookahead() -> None:
         Deadlines("x", size_ms=10, period_ms=20, lateness_ms=0)
 
 
-def test_a_shard_without_knowledge_admits_and_arms_its_lowest_deadline() -> None:
+def test_a_shard_without_knowledge_admits_and_starts_its_ladder_a_lookahead_low() -> None:
     step = RULE.judged(GateState(), oldest_ms=23_000, newest_ms=41_000)
-    # Deadlines of t = 23 s: fixed 35 s, sliding 55 s; the lowest goes first.
-    assert step == _step(passed=None, armed=35_000, newest=41_000, arm=35_000)
+    # Deadlines of t = 23 s: fixed 35 s, sliding 55 s; rung 0 goes the lookahead (20 s) below the
+    # lowest, the others at doubling distances up to the ceiling (newest 41 s: 75 s + 20 s).
+    assert step.rungs == (15_000, 25_000, 35_000, 55_000, 95_000)
+    assert step.state == GateState(armed_ms=15_000, newest_ms=41_000)
     assert RULE.refusing(1_000, None) == []
-    # An older event before the first firing moves the timer down; a newer one does not.
+    # An older event before the first firing moves the ladder down; a newer one does not.
     step = RULE.judged(step.state, oldest_ms=2_000, newest_ms=2_000)
-    assert step == _step(passed=None, armed=15_000, newest=41_000, arm=15_000)
-    assert RULE.judged(step.state, oldest_ms=50_000, newest_ms=50_000).arm_ms is None
+    assert step.arm_ms == -5_000 and step.state.armed_ms == -5_000
+    assert RULE.judged(step.state, oldest_ms=50_000, newest_ms=50_000).rungs == ()
 
 
-def test_each_firing_moves_knowledge_to_its_point_and_arms_the_next() -> None:
-    state = RULE.judged(GateState(), oldest_ms=3_000, newest_ms=3_000).state  # armed at 15 s
+def test_a_shard_without_knowledge_starts_from_the_workers_floor() -> None:
+    step = RULE.judged(GateState(), oldest_ms=23_000, newest_ms=41_000, floor_ms=25_000)
+    assert step.state == GateState(passed_ms=25_000, armed_ms=35_000, newest_ms=41_000, settled_ms=25_000)
+    assert step.rungs == (35_000, 45_000, 55_000, 75_000)
+    # A shard's own knowledge is never replaced by the floor.
+    own = RULE.judged(step.state, oldest_ms=30_000, newest_ms=30_000, floor_ms=5_000)
+    assert own.state.passed_ms == 25_000 and own.rungs == ()
+
+
+def test_each_firing_moves_knowledge_to_its_point_and_sets_the_ladder_above_it() -> None:
+    state = RULE.judged(GateState(), oldest_ms=3_000, newest_ms=3_000).state  # rung 0 at -5 s
     step = RULE.fired(state, 15_000, BUNDLE)
-    assert step == _step(passed=15_000, armed=25_000, newest=3_000, arm=25_000, learnt_in=BUNDLE)
+    assert step.state == GateState(passed_ms=15_000, armed_ms=25_000, newest_ms=3_000, learnt_in=BUNDLE)
+    assert step.rungs == (25_000, 35_000, 45_000)  # up to the ceiling, 35 s + 20 s
     assert [k.kind for k in RULE.refusing(3_000, 15_000)] == ["fixed"]  # fixed 15 s, sliding 35 s
     assert RULE.refusing(10_000, 15_000) == []
     assert [k.kind for k in RULE.refusing(3_000, 35_000)] == ["fixed", "sliding"]
+    # A rung below what the shard knows (an older ladder's, or one fired late) teaches nothing.
+    assert RULE.fired(step.state, 5_000, BUNDLE + 1) == type(step)(step.state)
 
 
 def test_learning_stops_beyond_the_lookahead_and_resumes_with_the_next_event() -> None:
@@ -81,20 +97,47 @@ def test_learning_stops_beyond_the_lookahead_and_resumes_with_the_next_event() -
     state = RULE.judged(GateState(), oldest_ms=3_000, newest_ms=3_000).state
     points = []
     step = RULE.fired(state, state.armed_ms or 0, BUNDLE)
-    while step.arm_ms is not None:  # what a watermark at +inf does: every armed point fires
+    while step.arm_ms is not None:  # a watermark at +inf, the lowest rung first: every point fires
         points.append(step.arm_ms)
         step = RULE.fired(step.state, step.arm_ms, BUNDLE)
-    assert points == [25_000, 35_000, 45_000, 55_000]
+    assert points == [5_000, 15_000, 25_000, 35_000, 45_000, 55_000]
     assert step.state == GateState(passed_ms=55_000, armed_ms=None, newest_ms=3_000, learnt_in=BUNDLE)
     # A new event re-arms the next point, even one the watermark passed long ago.
     step = RULE.judged(step.state, oldest_ms=40_000, newest_ms=40_000)
-    assert step == _step(passed=55_000, armed=65_000, newest=40_000, arm=65_000, learnt_in=BUNDLE)
+    assert step.rungs == (65_000, 75_000, 85_000)
+    assert step.state == GateState(passed_ms=55_000, armed_ms=65_000, newest_ms=40_000, learnt_in=BUNDLE)
+
+
+@given(jump_periods=st.integers(1, 5_000))
+@settings(max_examples=60, deadline=None)
+def test_a_jump_is_learnt_in_logarithmically_many_rounds(jump_periods: int) -> None:
+    """Flink fires the timers a bundle sets only after that bundle: each round fires every rung
+    at or below the watermark at once. The ladder halves the distance to the watermark per round."""
+    rule = LateDataRule(kinds=(FIXED,), lookahead_ms=10**9)
+    watermark = 15_000 + jump_periods * 10_000
+    step = rule.judged(GateState(), oldest_ms=0, newest_ms=watermark + 10**6)
+    rungs, rounds = step.rungs, 0
+    gap_periods = (watermark - rungs[0]) // 10_000  # from rung 0 (a lookahead below) to the watermark
+    state = step.state
+    while True:
+        due = [r for r in rungs if r <= watermark]
+        if not due:
+            break
+        rounds += 1
+        for r in sorted(due):
+            step = rule.fired(state, r, rounds)
+            state = step.state
+            if step.rungs:
+                rungs = step.rungs
+        rungs = tuple(r for r in rungs if r > (state.passed_ms or 0))
+    assert state.passed_ms == watermark - (watermark - 15_000) % 10_000  # the highest point passed
+    assert rounds <= gap_periods.bit_length() + 1
 
 
 def test_what_a_bundle_learns_judges_only_later_bundles() -> None:
     """A timer can reach a shard ahead of elements of its bundle that reached the step before the
     watermark that fired it (the module docstring): they are judged with what was known before."""
-    state = RULE.judged(GateState(), oldest_ms=3_000, newest_ms=3_000).state  # armed at 15 s
+    state = RULE.judged(GateState(), oldest_ms=3_000, newest_ms=3_000).state
     assert RULE.usable(state, 1) is None
     state = RULE.fired(state, 15_000, 1).state
     assert (RULE.usable(state, 1), RULE.usable(state, 2)) == (None, 15_000)
@@ -103,7 +146,7 @@ def test_what_a_bundle_learns_judges_only_later_bundles() -> None:
     state = RULE.fired(state, 35_000, 2).state  # the next bundle learns more
     assert (state.passed_ms, state.settled_ms, state.learnt_in) == (35_000, 25_000, 2)
     assert (RULE.usable(state, 2), RULE.usable(state, 3)) == (25_000, 35_000)
-    # A bundle that only judges changes nothing of this; the timer chain goes on from 35 s.
+    # A bundle that only judges changes nothing of this; the ladder goes on from 35 s.
     step = RULE.judged(state, oldest_ms=30_000, newest_ms=30_000)
     assert (step.state.passed_ms, step.state.settled_ms, step.state.armed_ms) == (35_000, 25_000, 45_000)
 
@@ -131,10 +174,3 @@ def test_refuses_exactly_what_the_group_by_key_drops_to_the_millisecond() -> Non
     p = streaming_pipeline()
     build_boundary_pin(p, drops_at_deadline=False)
     p.run().wait_until_finish()
-
-
-def _step(*, passed: int | None, armed: int | None, newest: int | None, arm: int | None,
-          learnt_in: int | None = None) -> object:
-    from transforms.late_data import Step
-
-    return Step(GateState(passed, armed, newest, learnt_in=learnt_in), arm)

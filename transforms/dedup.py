@@ -233,8 +233,8 @@ class _DedupShardFn(beam.DoFn):
             oldest = min(e.event_time_ms for e in passed)
             rule = self._rule
             floor = rule.usable(self._floor, self._bundle)
-            known = [k for k in (rule.usable(gate, self._bundle), floor) if k is not None]
-            yield from self._judge(passed, oldest, max(known) if known else None)
+            bounds = [k for k in (rule.usable(gate, self._bundle), floor) if k is not None]
+            yield from self._judge(passed, oldest, max(bounds) if bounds else None)
             step = rule.judged(gate, oldest, max(e.event_time_ms for e in passed), floor)
             _set_ladder(late_gate, step.rungs)
             token = _new_token()

@@ -3,7 +3,7 @@ and sliding aggregates) and ScoreEvents (the anomaly model, through RunInference
 
 :func:`build_pipeline` is the one place that wires the steps, so that tests (fed by a TestStream),
 the DirectRunner and the Flink job all run the exact same graph; only the source in front of it and
-the sinks behind it differ (``transforms/kafka_source.py``, ``transforms/sinks*.py``).
+the sinks behind it differ (``transforms/kafka_source.py``, ``transforms/sinks/``).
 
 Step labels are part of the job's identity: Flink savepoints bind operator state (dedup ids, the
 late-data knowledge, window panes) to them. Renaming ``ParseEvents``, ``EventTimeAggregates``,
@@ -44,13 +44,13 @@ from transforms.kafka_java_source import ReadFromKafkaJava
 from transforms.kafka_source import ReadFromKafka
 from transforms.parse import ParseEvents
 from transforms.scoring import DEFAULT_REFRESH_INTERVAL_S, DEFAULT_THRESHOLD, ScoreEvents
-from transforms.sinks_kafka import WriteDeadLettersToKafka
-from transforms.sinks_postgres import (
+from transforms.sinks.kafka import WriteDeadLettersToKafka
+from transforms.sinks.postgres import (
     WriteAggregatesToPostgres,
     WriteAlertsToPostgres,
     WriteDeadLettersToPostgres,
 )
-from transforms.sinks_redis import WriteToRedisStreams
+from transforms.sinks.redis import WriteToRedisStreams
 
 #: Stable step labels (see the module docstring).
 PARSE_LABEL = "ParseEvents"
@@ -276,7 +276,7 @@ def build_job(p: beam.Pipeline, settings: Settings) -> AnalyticsOutputs:
         return WriteToRedisStreams(channel, redis_url, prefix=settings.redis_stream_prefix,
                                    maxlen=settings.redis_stream_maxlen)
 
-    # A sink's output is what it refused for the record's content (transforms/sink_base.py): those
+    # A sink's output is what it refused for the record's content (transforms/sinks/base.py): those
     # join the dead letters, and what the dead-letter table refuses still reaches the DLQ topic, so
     # no record stops the job and every refused one can be found (docs/sinks.md).
     refused = [

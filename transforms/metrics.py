@@ -29,6 +29,7 @@ def too_late_events(kind: str) -> str:
     """Counter name of the events too late for every window of aggregate ``kind``."""
     return f"{TOO_LATE_EVENTS_PREFIX}{kind}"
 
+
 #: Records the Kafka source read, over all partitions.
 KAFKA_RECORDS_READ: Final = "kafka_records_read"
 #: Records whose payload had no usable event time (the Kafka timestamp was used instead).
@@ -42,3 +43,30 @@ EVENTS_SCORED: Final = "events_scored"
 ALERTS: Final = "alerts"
 #: Events the anomaly model could not score, dead-lettered with reason ``inference_failed``.
 INFERENCE_FAILED_EVENTS: Final = "inference_failed_events"
+
+
+# --- sinks ---------------------------------------------------------------------------------------
+# ``<what>.<sink>`` where ``sink`` is e.g. ``postgres.aggregates`` or ``redis.aggregates.fixed``, so a
+# dashboard can sum over all sinks or pick one.
+
+
+def sink_rows_written(sink: str) -> str:
+    """Records a sink handed to its store (after in-batch deduplication), replays included."""
+    return f"sink_rows_written.{sink}"
+
+
+def sink_rows_applied(sink: str) -> str:
+    """Rows that changed the store: inserted, or replaced by a newer pane. ``written - applied`` is
+    what idempotency absorbed (replays, stale panes, duplicate dead letters)."""
+    return f"sink_rows_applied.{sink}"
+
+
+def sink_retries(sink: str) -> str:
+    """Transient failures a sink retried (each followed by a reconnect and a backoff)."""
+    return f"sink_retries.{sink}"
+
+
+def sink_rejected(sink: str) -> str:
+    """Records a sink refused for their content (each one dead-lettered with reason
+    ``sink_rejected``, see transforms/sinks/base.py); anything above zero is worth a look."""
+    return f"sink_rejected.{sink}"

@@ -31,7 +31,7 @@ def run_sink(elements: Sequence[Any], sink: beam.PTransform, *,
 
     ``before`` runs in the same fused stage as the sink, element by element: tests use it to break
     the sink's connection mid-stream. ``refused`` checks the records the sink refused (its output,
-    transforms/sink_base.py), raising AssertionError in the pipeline; without it the sink must refuse
+    transforms/sinks/base.py), raising AssertionError in the pipeline; without it the sink must refuse
     nothing.
     """
     pipeline = beam.Pipeline(options=PipelineOptions(["--direct_num_workers=1"]))

@@ -35,13 +35,13 @@ from tests.integration.sinks_support import counter
 from tests.unit.hostile_support import ANY_TEXT, valid_documents
 from transforms.aggregates import Aggregate
 from transforms.records import DeadLetter
-from transforms.sink_records import SINK_REJECTED, storable_text
-from transforms.sinks_postgres import (
+from transforms.sinks.convert import SINK_REJECTED, storable_text
+from transforms.sinks.postgres import (
     WriteAggregatesToPostgres,
     WriteAlertsToPostgres,
     WriteDeadLettersToPostgres,
 )
-from transforms.sinks_redis import WriteToRedisStreams
+from transforms.sinks.redis import WriteToRedisStreams
 
 #: Examples per property, each one pipeline run of 10-30 records (about a second each).
 EXAMPLES = 8

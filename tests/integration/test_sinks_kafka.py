@@ -19,8 +19,8 @@ from streaming_analytics.settings import Settings
 from tests.integration.sinks_support import T0_MS, closed_port, counter, run_sink
 from transforms.records import DeadLetter
 from transforms.retry import RetryPolicy
-from transforms.sink_records import dead_letter_key
-from transforms.sinks_kafka import WriteDeadLettersToKafka
+from transforms.sinks.convert import dead_letter_key
+from transforms.sinks.kafka import WriteDeadLettersToKafka
 
 Received = tuple[bytes, dict[str, object], dict[str, bytes]]
 
@@ -105,7 +105,7 @@ def test_a_letter_that_cannot_be_sent_is_counted_and_the_others_arrive(
     surrogate = DeadLetter(raw=b"y", reason_code="sink_rejected", reason_detail="bo\ud800oks", topic=None,
                            partition=None, offset=None, failed_at_ms=T0_MS)
     lacking = {"raw": b"z", "reason_code": "not_json"}
-    caplog.set_level(logging.ERROR, logger="transforms.sinks_kafka")
+    caplog.set_level(logging.ERROR, logger="transforms.sinks.kafka")
     sink = WriteDeadLettersToKafka(settings.kafka_bootstrap, dlq_topic)
     result = run_sink([surrogate, good, lacking], sink)
     received = consume_all(settings.kafka_bootstrap, dlq_topic, 1)

@@ -25,7 +25,7 @@ from streaming_analytics.settings import Settings
 from tests.integration.sinks_support import T0_MS, aggregate, closed_port, counter, run_sink
 from transforms.records import DeadLetter
 from transforms.retry import RetryPolicy
-from transforms.sinks_postgres import (
+from transforms.sinks.postgres import (
     WriteAggregatesToPostgres,
     WriteAlertsToPostgres,
     WriteDeadLettersToPostgres,

@@ -38,7 +38,7 @@ from tests.integration.sinks_support import (
 )
 from transforms.aggregates import Aggregate
 from transforms.retry import RetryPolicy
-from transforms.sinks_redis import WriteToRedisStreams, aggregate_entry, alert_key
+from transforms.sinks.redis import WriteToRedisStreams, aggregate_entry, alert_key
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 from tests.integration.sinks_support import T0_MS, aggregate
 from transforms.records import DeadLetter
 from transforms.retry import RetryPolicy, SinkUnavailableError, call_with_retry
-from transforms.sink_records import (
+from transforms.sinks.convert import (
     SinkRecordError,
     aggregate_dict,
     alert_dict,

@@ -29,7 +29,7 @@ from tests.unit.test_transforms_support import event_doc, fresh_metrics_per_bund
 from transforms import metrics
 from transforms.records import Alert, DeadLetter
 from transforms.scoring import INFERENCE_FAILED_REASON, RowHandler, ScoreEvents, alert_id
-from transforms.sink_records import ALERT_FIELDS
+from transforms.sinks.convert import ALERT_FIELDS
 
 
 def generated(count: int, *, seed: int) -> tuple[list[Event], set[str]]:

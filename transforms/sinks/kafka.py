@@ -4,7 +4,7 @@ Why flush in ``finish_bundle``: a bundle (and, on Flink, the checkpoint that con
 complete before the broker has acknowledged (``acks=all``) every dead letter it produced — else a
 crash right after the checkpoint would lose them. A send that ultimately fails fails the bundle, so
 the runner replays it: delivery is at-least-once, and the record key (the source position, see
-:func:`transforms.sink_records.dead_letter_key`) lets a consumer — or a compacted topic — drop
+:func:`transforms.sinks.convert.dead_letter_key`) lets a consumer — or a compacted topic — drop
 replays. The producer is idempotent, so its own internal retries never duplicate a record.
 
 Record value (UTF-8 JSON)::
@@ -42,11 +42,11 @@ from kafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 from kafka.producer.future import FutureRecordMetadata
 
 from streaming_analytics.settings import worker_value
-from transforms import metrics, sink_metrics
+from transforms import metrics
 from transforms.records import DeadLetter
 from transforms.retry import RetryPolicy, call_with_retry
-from transforms.sink_base import CONVERT_ERRORS
-from transforms.sink_records import dead_letter_key, dead_letter_of
+from transforms.sinks.base import CONVERT_ERRORS
+from transforms.sinks.convert import dead_letter_key, dead_letter_of
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +92,9 @@ class _ProduceDeadLettersFn(beam.DoFn):
         self._connect_timeout_s = connect_timeout_s
         self._client_id = client_id
         self._sink = "kafka.dead_letters"
-        self._written = Metrics.counter(metrics.NAMESPACE, sink_metrics.rows_written(self._sink))
-        self._retries = Metrics.counter(metrics.NAMESPACE, sink_metrics.retries(self._sink))
-        self._rejected = Metrics.counter(metrics.NAMESPACE, sink_metrics.rejected(self._sink))
+        self._written = Metrics.counter(metrics.NAMESPACE, metrics.sink_rows_written(self._sink))
+        self._retries = Metrics.counter(metrics.NAMESPACE, metrics.sink_retries(self._sink))
+        self._rejected = Metrics.counter(metrics.NAMESPACE, metrics.sink_rejected(self._sink))
         self._producer: KafkaProducer | None = None
         self._pending: list[FutureRecordMetadata] = []
 

@@ -15,7 +15,7 @@ a little longer than ``maxlen``.
 
 An element that cannot become an entry (its data cannot be JSON: a lone surrogate, an integer beyond
 64 bits; a record lacking fields) is refused, not written: it leaves as a ``sink_rejected`` dead
-letter (transforms/sink_base.py). Redis takes any bytes in a field, so no write error is a record's
+letter (transforms/sinks/base.py). Redis takes any bytes in a field, so no write error is a record's
 fault: every one that outlasts the retries fails the bundle.
 """
 
@@ -44,11 +44,11 @@ from streaming_analytics.streams import (
     stream_key,
     window_key,
 )
-from transforms import metrics, sink_metrics
+from transforms import metrics
 from transforms.records import DeadLetter
 from transforms.retry import RetryPolicy, call_with_retry
-from transforms.sink_base import BatchingWriteFn, write_refusing
-from transforms.sink_records import aggregate_dict, alert_dict
+from transforms.sinks.base import BatchingWriteFn, write_refusing
+from transforms.sinks.convert import aggregate_dict, alert_dict
 
 DEFAULT_BATCH_SIZE: Final = 500
 DEFAULT_CLIENT_NAME: Final = "streaming-analytics-sink"
@@ -100,8 +100,8 @@ class _XAddFn(BatchingWriteFn[dict[str, bytes]]):
         self._policy = retry_policy
         self._client_name = client_name
         self._socket_timeout_s = socket_timeout_s
-        self._written = Metrics.counter(metrics.NAMESPACE, sink_metrics.rows_written(self._sink))
-        self._retries = Metrics.counter(metrics.NAMESPACE, sink_metrics.retries(self._sink))
+        self._written = Metrics.counter(metrics.NAMESPACE, metrics.sink_rows_written(self._sink))
+        self._retries = Metrics.counter(metrics.NAMESPACE, metrics.sink_retries(self._sink))
         self._client: redis.Redis | None = None
 
     def setup(self) -> None:

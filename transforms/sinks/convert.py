@@ -31,7 +31,7 @@ DEAD_LETTER_FIELDS: Final = tuple(f.name for f in dataclasses.fields(DeadLetter)
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
-#: Reason code of a record a sink refused for its content (transforms/sink_base.py).
+#: Reason code of a record a sink refused for its content (transforms/sinks/base.py).
 SINK_REJECTED: Final = "sink_rejected"
 #: Longest reason detail a sink rejection carries (an error message can quote a whole batch).
 _MAX_DETAIL_CHARS: Final = 2000

@@ -34,9 +34,9 @@ from apache_beam.pvalue import PCollection
 from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms import metrics, sink_metrics
+from transforms import metrics
 from transforms.records import DeadLetter
-from transforms.sink_records import sink_rejection
+from transforms.sinks.convert import sink_rejection
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class BatchingWriteFn(beam.DoFn, Generic[Item]):
             raise ValueError("batch_size must be >= 1")
         self._batch_size = batch_size
         self._sink = sink
-        self._rejected = Metrics.counter(metrics.NAMESPACE, sink_metrics.rejected(sink))
+        self._rejected = Metrics.counter(metrics.NAMESPACE, metrics.sink_rejected(sink))
         self._batch: list[Item] = []
         self._origins: list[WindowedValue] = []
 

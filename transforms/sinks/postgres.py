@@ -20,7 +20,7 @@ batched within a bundle and written with ``execute_values`` when the batch is fu
 committed. Transient errors (connection loss, server restart, serialization failures) reconnect and
 retry the batch per :class:`transforms.retry.RetryPolicy`. Errors about a row's content
 (:func:`is_record_error`: a value PostgreSQL or psycopg2 refuses, a constraint) refuse that row
-(transforms/sink_base.py: dead-lettered with reason ``sink_rejected``, the job carries on); anything
+(transforms/sinks/base.py: dead-lettered with reason ``sink_rejected``, the job carries on); anything
 else (an outage that outlasted the retries, a missing table, a wrong password) fails the bundle.
 
 The tables come from ``python -m streaming_analytics.db.migrate``; the sinks never create them.
@@ -47,11 +47,11 @@ from psycopg2.extras import execute_values
 
 from streaming_analytics.db.migrate import check_schema_name
 from streaming_analytics.settings import worker_value
-from transforms import metrics, sink_metrics
+from transforms import metrics
 from transforms.records import DeadLetter
 from transforms.retry import RetryPolicy, call_with_retry
-from transforms.sink_base import BatchingWriteFn, write_refusing
-from transforms.sink_records import (
+from transforms.sinks.base import BatchingWriteFn, write_refusing
+from transforms.sinks.convert import (
     aggregate_dict,
     alert_dict,
     dead_letter_of,
@@ -121,9 +121,9 @@ class _PostgresWriteFn(BatchingWriteFn[Row]):
         self._policy = retry_policy
         self._application_name = application_name
         self._connect_timeout_s = connect_timeout_s
-        self._written = Metrics.counter(metrics.NAMESPACE, sink_metrics.rows_written(self._sink))
-        self._applied = Metrics.counter(metrics.NAMESPACE, sink_metrics.rows_applied(self._sink))
-        self._retries = Metrics.counter(metrics.NAMESPACE, sink_metrics.retries(self._sink))
+        self._written = Metrics.counter(metrics.NAMESPACE, metrics.sink_rows_written(self._sink))
+        self._applied = Metrics.counter(metrics.NAMESPACE, metrics.sink_rows_applied(self._sink))
+        self._retries = Metrics.counter(metrics.NAMESPACE, metrics.sink_retries(self._sink))
         self._conn: pg_connection | None = None
 
     # -- subclass hooks (and BatchingWriteFn.convert: a record as a row) ------------------------
@@ -277,7 +277,7 @@ class _DeadLetterInsertFn(_PostgresWriteFn):
 
 class _WriteToPostgres(beam.PTransform[PCollection[Any], PCollection[DeadLetter]]):
     """Common constructor of the three Postgres sinks; the output is the records the sink refused,
-    as dead letters in the global window (transforms/sink_base.py)."""
+    as dead letters in the global window (transforms/sinks/base.py)."""
 
     _FN: ClassVar[type[_PostgresWriteFn]]
     _STEP: ClassVar[str]

@@ -41,9 +41,9 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final, TypeVar
+from typing import Any, ClassVar, Final
 
 import apache_beam as beam
 from apache_beam import coders
@@ -61,9 +61,9 @@ from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Timestamp
 from streaming_analytics.settings import worker_value
 from transforms import metrics
 from transforms.records import KafkaRecord
+from transforms.retry import RetryPolicy, call_with_retry
 
 _LOG = logging.getLogger(__name__)
-_T = TypeVar("_T")
 
 START_POSITIONS: Final = ("committed", "earliest", "latest")
 #: How long a bounded reader waits for records it knows exist before it gives up for this bundle.
@@ -92,26 +92,6 @@ def event_time_from_payload(value: bytes | None) -> int | None:
         return None
     match = _TIME_VALUE.match(value, i + len(_TIME_FIELD))
     return None if match is None else int(match[1])
-
-
-def _with_broker_retry(action: Callable[[], _T], what: str, budget_s: float) -> _T:
-    """Run ``action``, retrying Kafka errors with capped exponential backoff for ``budget_s``."""
-    from kafka.errors import KafkaError
-
-    deadline = time.monotonic() + budget_s
-    delay = 0.2
-    attempt = 1
-    while True:
-        try:
-            return action()
-        except KafkaError as exc:
-            if time.monotonic() + delay > deadline:
-                raise RuntimeError(f"could not {what} within {budget_s:.0f} s "
-                                   f"({attempt} attempts): {exc}") from exc
-            _LOG.warning("could not %s (attempt %d): %s; retrying in %.1f s", what, attempt, exc, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
-            attempt += 1
 
 
 # --- checkpoint mark -------------------------------------------------------------------------------
@@ -403,9 +383,18 @@ class KafkaPartitionReader(UnboundedReader):
             return self.advance()
         # A reader may be (re)created while the broker is away (a restart, a failover): wait for it
         # within a budget instead of failing the bundle, which would fail the job on some runners.
-        self._next_offset = _with_broker_retry(self._connect, "connect to Kafka",
-                                               self._config.broker_retry_budget_s)
+        self._next_offset = self._connect_retrying()
         return self.advance()
+
+    def _connect_retrying(self, offset: int | None = None) -> int:
+        """:meth:`_connect`, retrying Kafka errors for ``broker_retry_budget_s``."""
+        from kafka.errors import KafkaError
+
+        policy = RetryPolicy(initial_backoff_s=0.2, max_backoff_s=5.0,
+                             max_elapsed_s=self._config.broker_retry_budget_s)
+        return call_with_retry(lambda: self._connect(offset), policy=policy,
+                               name=f"kafka source {self._config.topic}-{self._partition}: connect",
+                               is_transient=lambda exc: isinstance(exc, KafkaError))
 
     def _connect(self, offset: int | None = None) -> int:
         """A new consumer positioned at ``offset`` (default: the start position); returns it."""
@@ -445,9 +434,7 @@ class KafkaPartitionReader(UnboundedReader):
         """After a checkpoint handed the consumer over: take it back, or open a new one there."""
         if self._consumer is not None or self._take_session(self._next_offset):
             return
-        offset = self._next_offset
-        _with_broker_retry(lambda: self._connect(offset), "connect to Kafka",
-                           self._config.broker_retry_budget_s)
+        self._connect_retrying(self._next_offset)
 
     def advance(self) -> bool:
         # Once per record: the common case (a buffered record, no stop offset reached) makes no

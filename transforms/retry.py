@@ -1,13 +1,15 @@
-"""Retry with capped exponential backoff and a total time budget, shared by the sinks.
+"""Retry with capped exponential backoff and a total time budget: the one retry loop of the
+pipeline, shared by the sinks and the Kafka source.
 
-Why one policy object for every sink: a transient outage (a restarted Postgres, Redis or broker, a
-killed connection) should be ridden out by every writer the same way — reconnect, back off, try the
-same batch again — while a permanent error (bad data, a constraint we do not handle, a wrong
-password) must surface at once. Writes are retried whole, so every sink's write must be safe to
-repeat: the Postgres upserts are idempotent, the Redis streams are at-least-once (see docs/sinks.md).
+Why one policy object for every writer and reader: a transient outage (a restarted Postgres, Redis or
+broker, a killed connection) should be ridden out the same way everywhere — reconnect, back off, try
+the same action again — while a permanent error (bad data, a constraint we do not handle, a wrong
+password) must surface at once. Actions are retried whole, so each must be safe to repeat: the
+Postgres upserts are idempotent, the Redis streams are at-least-once (see docs/sinks.md), and the
+Kafka source's connect positions a new consumer.
 
-When the budget is spent the sink raises :class:`SinkUnavailableError`: the bundle fails, the runner
-restarts from the last checkpoint, and nothing is acknowledged that was not written.
+When the budget is spent :func:`call_with_retry` raises :class:`UnavailableError`: the bundle fails,
+the runner restarts from the last checkpoint, and nothing is acknowledged that was not written.
 """
 
 from __future__ import annotations
@@ -50,16 +52,16 @@ class RetryPolicy:
         return base / 2 + random.uniform(0, base / 2)  # noqa: S311 - jitter, not cryptography
 
 
-class SinkUnavailableError(RuntimeError):
-    """A sink kept failing transiently until its retry budget ran out."""
+class UnavailableError(RuntimeError):
+    """A sink or source kept failing transiently until its retry budget ran out."""
 
-    def __init__(self, sink: str, attempts: int, elapsed_s: float, budget_s: float,
+    def __init__(self, name: str, attempts: int, elapsed_s: float, budget_s: float,
                  last: BaseException) -> None:
         super().__init__(
-            f"{sink}: gave up after {attempts} attempts in {elapsed_s:.1f}s (retry budget "
+            f"{name}: gave up after {attempts} attempts in {elapsed_s:.1f}s (retry budget "
             f"{budget_s:g}s); last error: {type(last).__name__}: {last}".strip()
         )
-        self.sink = sink
+        self.name = name
         self.attempts = attempts
         self.elapsed_s = elapsed_s
 
@@ -67,7 +69,7 @@ class SinkUnavailableError(RuntimeError):
 def call_with_retry(
     action: Callable[[], T],
     *,
-    sink: str,
+    name: str,
     policy: RetryPolicy,
     is_transient: Callable[[Exception], bool],
     on_retry: Callable[[Exception], None] | None = None,
@@ -76,8 +78,9 @@ def call_with_retry(
 ) -> T:
     """Run ``action`` until it succeeds, a permanent error occurs, or the budget is spent.
 
-    ``on_retry`` runs after each transient failure, before the wait; sinks use it to drop the broken
-    connection and count the retry. Permanent errors propagate unchanged.
+    ``name`` says what is retried in the log and in the error (a sink's name, e.g.
+    ``postgres.aggregates``). ``on_retry`` runs after each transient failure, before the wait; sinks
+    use it to drop the broken connection and count the retry. Permanent errors propagate unchanged.
     """
     start = clock()
     attempt = 0
@@ -91,9 +94,9 @@ def call_with_retry(
             elapsed = clock() - start
             delay = policy.backoff(attempt)
             if elapsed + delay > policy.max_elapsed_s:
-                raise SinkUnavailableError(sink, attempt, elapsed, policy.max_elapsed_s, exc) from exc
+                raise UnavailableError(name, attempt, elapsed, policy.max_elapsed_s, exc) from exc
             log.warning("%s: transient failure on attempt %d (%s: %s); retrying in %.2fs",
-                        sink, attempt, type(exc).__name__, str(exc).strip(), delay)
+                        name, attempt, type(exc).__name__, str(exc).strip(), delay)
             if on_retry is not None:
                 on_retry(exc)
             sleep(delay)

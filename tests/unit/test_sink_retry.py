@@ -10,7 +10,7 @@ import pytest
 
 from tests.integration.sinks_support import T0_MS, aggregate
 from transforms.records import DeadLetter
-from transforms.retry import RetryPolicy, SinkUnavailableError, call_with_retry
+from transforms.retry import RetryPolicy, UnavailableError, call_with_retry
 from transforms.sinks.convert import (
     SinkRecordError,
     aggregate_dict,
@@ -55,7 +55,7 @@ POLICY = RetryPolicy(initial_backoff_s=0.1, max_backoff_s=1.0, max_elapsed_s=10.
 def test_transient_failures_are_retried_until_success() -> None:
     clock, retried = FakeClock(), []
     calls, action = flaky(3)
-    result = call_with_retry(action, sink="s", policy=POLICY, is_transient=lambda e: isinstance(e, Transient),
+    result = call_with_retry(action, name="s", policy=POLICY, is_transient=lambda e: isinstance(e, Transient),
                              on_retry=retried.append, sleep=clock.sleep, clock=lambda: clock.now)
     assert result == "done"
     assert len(calls) == 4
@@ -69,7 +69,7 @@ def test_a_permanent_error_is_raised_at_once() -> None:
     clock = FakeClock()
     calls, action = flaky(5)
     with pytest.raises(Transient, match="failure 1"):
-        call_with_retry(action, sink="s", policy=POLICY, is_transient=lambda e: False,
+        call_with_retry(action, name="s", policy=POLICY, is_transient=lambda e: False,
                         sleep=clock.sleep, clock=lambda: clock.now)
     assert len(calls) == 1
     assert clock.sleeps == []
@@ -79,8 +79,8 @@ def test_the_budget_ends_the_retries_with_a_clear_error() -> None:
     clock = FakeClock()
     calls, action = flaky(10_000)
     pattern = r"^s: gave up after (\d+) attempts in .*failure"
-    with pytest.raises(SinkUnavailableError, match=pattern) as raised:
-        call_with_retry(action, sink="s", policy=POLICY, is_transient=lambda e: True,
+    with pytest.raises(UnavailableError, match=pattern) as raised:
+        call_with_retry(action, name="s", policy=POLICY, is_transient=lambda e: True,
                         sleep=clock.sleep, clock=lambda: clock.now)
     assert raised.value.attempts == len(calls)
     assert clock.now <= POLICY.max_elapsed_s

@@ -110,7 +110,7 @@ class _ProduceDeadLettersFn(beam.DoFn):
                 request_timeout_ms=min(30_000, timeout_ms), max_block_ms=timeout_ms, linger_ms=5,
                 bootstrap_timeout_ms=int(self._connect_timeout_s * 1000),
             ),
-            sink=self._sink, policy=self._policy, is_transient=_producer_unreachable,
+            name=self._sink, policy=self._policy, is_transient=_producer_unreachable,
             on_retry=lambda _exc: self._retries.inc(),
         )
 

@@ -170,7 +170,7 @@ class _PostgresWriteFn(BatchingWriteFn[Row]):
             self._conn = None
 
     def _retrying(self, action: Any) -> Any:
-        return call_with_retry(action, sink=self._sink, policy=self._policy, is_transient=is_transient,
+        return call_with_retry(action, name=self._sink, policy=self._policy, is_transient=is_transient,
                                on_retry=self._drop_connection)
 
     def write_batch(self, batch: list[Row]) -> None:

@@ -123,7 +123,7 @@ class _XAddFn(BatchingWriteFn[dict[str, bytes]]):
             self._client = None
 
     def _retrying(self, action: Any) -> Any:
-        return call_with_retry(action, sink=self._sink, policy=self._policy, is_transient=is_transient,
+        return call_with_retry(action, name=self._sink, policy=self._policy, is_transient=is_transient,
                                on_retry=lambda _exc: self._retries.inc())
 
     def write_batch(self, batch: list[dict[str, bytes]]) -> None:

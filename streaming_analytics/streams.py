@@ -35,8 +35,6 @@ CHANNEL_SLIDING: Final = "aggregates.sliding"
 CHANNEL_ALERTS: Final = "alerts"
 CHANNELS: Final = (CHANNEL_FIXED, CHANNEL_SLIDING, CHANNEL_ALERTS)
 
-PANE_TIMINGS: Final = ("EARLY", "ON_TIME", "LATE", "UNKNOWN")
-
 
 def stream_key(prefix: str, channel: str) -> str:
     """Redis key of a channel's stream."""

@@ -53,7 +53,6 @@ import apache_beam as beam
 from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.pvalue import PCollection
 from apache_beam.transforms import trigger, window
-from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming, WindowedValue
 
@@ -69,6 +68,7 @@ from transforms.dedup import (
 )
 from transforms.late_data import Deadlines, LateDataRule
 from transforms.sketches import HyperLogLog, QuantileSketch
+from transforms.windowing import GLOBAL_WINDOWS
 
 FIXED: Final = "fixed"
 SLIDING: Final = "sliding"
@@ -86,8 +86,6 @@ DEFAULT_EARLY_FIRING_DELAY_S: Final = 1.0
 DEFAULT_ALLOWED_LATENESS_S: Final = 120.0
 DEFAULT_LATE_GATE_MARGIN_S: Final = 60.0
 DEFAULT_LATE_GATE_LOOKAHEAD_S: Final = 3600.0
-
-_GLOBAL_WINDOWS: Final = (GlobalWindow(),)
 
 _STRING_FIELDS: Final = frozenset({"event_type", "country", "category", "currency", "item_id"})
 
@@ -409,7 +407,7 @@ class _PreAggregateFn(beam.DoFn):
                     window[0].merge(acc)
             partials = windows
         for (name, key, start), (acc, t) in partials.items():
-            yield WindowedValue(((name, key), (start, acc)), Timestamp(micros=t * 1000), _GLOBAL_WINDOWS)
+            yield WindowedValue(((name, key), (start, acc)), Timestamp(micros=t * 1000), GLOBAL_WINDOWS)
 
 
 class _KeepOwnWindowFn(beam.DoFn):

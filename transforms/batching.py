@@ -25,14 +25,12 @@ from typing import Any
 import apache_beam as beam
 import orjson
 from apache_beam import coders
-from apache_beam.transforms.window import GlobalWindow
 from apache_beam.typehints import Tuple
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from streaming_analytics.events import Event
-
-_GLOBAL_WINDOWS = (GlobalWindow(),)
+from transforms.windowing import GLOBAL_WINDOWS
 
 
 class EventBatch(list[Event]):
@@ -120,7 +118,7 @@ class _BatchByShardFn(beam.DoFn):
         batches, self._batches = self._batches, {}
         min_ms, self._min_ms = self._min_ms, {}
         for shard, events in batches.items():
-            yield WindowedValue((shard, events), Timestamp(micros=min_ms[shard] * 1000), _GLOBAL_WINDOWS)
+            yield WindowedValue((shard, events), Timestamp(micros=min_ms[shard] * 1000), GLOBAL_WINDOWS)
 
 
 def batch_by_shard(shards: int) -> Any:

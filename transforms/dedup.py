@@ -68,7 +68,7 @@ from apache_beam.transforms.userstate import (
     TimerSpec,
     on_timer,
 )
-from apache_beam.transforms.window import GlobalWindow, GlobalWindows, TimestampedValue
+from apache_beam.transforms.window import GlobalWindows, TimestampedValue
 from apache_beam.utils import windowed_value
 from apache_beam.utils.timestamp import Timestamp
 
@@ -76,6 +76,7 @@ from streaming_analytics.events import Event
 from transforms import metrics
 from transforms.batching import EventBatch, batch_by_shard
 from transforms.late_data import GateState, LateDataRule
+from transforms.windowing import GLOBAL_WINDOWS
 
 #: Default dedup horizon in seconds of event time (see the module docstring).
 DEFAULT_HORIZON_S = 600
@@ -107,9 +108,6 @@ TOO_LATE: Final = "too_late"
 def admitted_tag(kind: str) -> str:
     """Output of the event batches that aggregate ``kind`` admitted."""
     return f"admitted_{kind}"
-
-
-_GLOBAL_WINDOWS = (GlobalWindow(),)
 
 
 def timer_time(point_ms: int) -> Timestamp:
@@ -244,7 +242,7 @@ class _DedupShardFn(beam.DoFn):
             self._duplicates.inc(len(events) - len(passed))
         if self._global_windows:
             for event in passed:
-                yield windowed_value.create(event, event.event_time_ms * 1000, _GLOBAL_WINDOWS)
+                yield windowed_value.create(event, event.event_time_ms * 1000, GLOBAL_WINDOWS)
         else:
             for event in passed:
                 yield TimestampedValue(event, Timestamp(micros=event.event_time_ms * 1000))

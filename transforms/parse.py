@@ -20,13 +20,14 @@ from typing import Any, Final
 import apache_beam as beam
 from apache_beam.metrics.metric import Metrics
 from apache_beam.pvalue import PCollection, TaggedOutput
-from apache_beam.transforms.window import GlobalWindow, GlobalWindows, TimestampedValue
+from apache_beam.transforms.window import GlobalWindows, TimestampedValue
 from apache_beam.utils import windowed_value
 from apache_beam.utils.timestamp import Timestamp
 
 from streaming_analytics.events import Event, InvalidEvent, parse_event
 from transforms import metrics
 from transforms.records import DeadLetter, KafkaRecord
+from transforms.windowing import GLOBAL_WINDOWS
 
 #: Tag of the main output (valid events).
 EVENTS: Final = "events"
@@ -35,8 +36,6 @@ DEAD_LETTER: Final = "dead_letter"
 
 #: What the step accepts: a bare record value, or a record with its Kafka position.
 RawRecord = bytes | str | KafkaRecord | None
-
-_GLOBAL_WINDOWS: Final = (GlobalWindow(),)
 
 
 def event_timestamp(event: Event) -> Timestamp:
@@ -105,7 +104,7 @@ class _ParseFn(beam.DoFn):
             return
         self._parsed.inc()
         if self._global_windows:
-            yield windowed_value.create(event, event.event_time_ms * 1000, _GLOBAL_WINDOWS)
+            yield windowed_value.create(event, event.event_time_ms * 1000, GLOBAL_WINDOWS)
         else:
             yield TimestampedValue(event, event_timestamp(event))
 

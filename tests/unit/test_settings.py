@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -45,6 +46,12 @@ def test_secrets_are_masked_in_the_printable_view(tmp_path: Path) -> None:
     assert shown["SA_JWT_SECRET"] == "***"
     assert "hunter2" not in json.dumps(shown)
     assert shown["SA_KAFKA_TOPIC_EVENTS"] == "events"
+
+
+def test_each_variable_is_declared_once_as_a_settings_field() -> None:
+    names = [f.metadata["variable"].name for f in dataclasses.fields(s.Settings)]
+    assert len(names) == len(set(names)), "two Settings fields read one variable"
+    assert list(s.VARIABLES) == names
 
 
 def test_every_variable_is_documented_in_the_readme_table() -> None:

@@ -1,8 +1,8 @@
 # Developer entry points. `make help` lists them; CI runs `make test` through .ci/run.
 SHELL := /bin/bash
 PY := .venv/bin/python
-STACK := $(PY) -m streaming_analytics.stack
-PACKAGES := streaming_analytics pipelines transforms models push_server
+STACK := $(PY) -m devstack.stack
+PACKAGES := streaming_analytics pipelines transforms models push_server devstack
 
 .DEFAULT_GOAL := help
 .PHONY: help install run stop status logs test test-unit test-integration lint types check bench job-jar lock clean distclean

@@ -46,6 +46,7 @@ setup(
         "transforms", "transforms.*",
         "models", "models.*",
         "push_server", "push_server.*",
+        "devstack", "devstack.*",
     ]),
     package_data={
         "streaming_analytics": ["schemas/*.json", "db/migrations/*.sql"],
@@ -56,8 +57,8 @@ setup(
     extras_require={"test": TEST_REQUIRES},
     entry_points={
         "console_scripts": [
-            "sa-stack=streaming_analytics.stack.cli:main",
-            "sa-generate=streaming_analytics.generator:main",
+            "sa-stack=devstack.stack.cli:main",
+            "sa-generate=devstack.generator:main",
         ],
     },
 )

@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 
 from benchmarks.common import machine, replace_section, today
+from devstack import sandbox
+from devstack.generator import EventGenerator, GeneratorConfig, produce
 from pipelines.analytics_pipeline import run
 from pipelines.flink_job import FlinkJobResult
 from pipelines.runners import runner_args
-from streaming_analytics import sandbox
-from streaming_analytics.generator import EventGenerator, GeneratorConfig, produce
 from streaming_analytics.settings import Settings
 
 HEADING = "Checkpoint size on Flink over a long run"

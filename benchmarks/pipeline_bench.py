@@ -45,12 +45,13 @@ import redis
 from kafka import KafkaProducer
 from psycopg2 import sql
 
-from models.anomaly import ensure_model, latest_model, model_input
+from devstack import sandbox
+from devstack.generator import EventGenerator, GeneratorConfig
+from models.anomaly import latest_model, model_input
+from models.train import ensure_model
 from pipelines.analytics_pipeline import run
 from pipelines.runners import runner_args
-from streaming_analytics import sandbox
 from streaming_analytics.events import InvalidEvent, parse_event
-from streaming_analytics.generator import EventGenerator, GeneratorConfig
 from streaming_analytics.settings import Settings
 from streaming_analytics.streams import CHANNEL_FIXED, StreamEntry, stream_key
 
@@ -62,7 +63,7 @@ SCORE_BATCH = 512  # as the job's RunInference batches (transforms/scoring.py)
 
 @contextlib.contextmanager
 def private_job(name: str) -> Iterator[Settings]:
-    """A throwaway namespace for one benchmark run, topics included (see streaming_analytics.sandbox)."""
+    """A throwaway namespace for one benchmark run, topics included (see devstack.sandbox)."""
     settings = Settings.from_env()
     ensure_model(settings.model_dir)  # the job scores with the newest model (trains v1 if none)
     with sandbox.private_job(settings, name, PARTITIONS, delete_topics=True) as s:

@@ -53,8 +53,8 @@ import orjson
 import redis
 
 from benchmarks.common import cpu_seconds, machine, machine_busy_seconds, replace_section, rss_bytes, today
+from devstack.stack.process import free_port
 from streaming_analytics.settings import Settings
-from streaming_analytics.stack.process import free_port
 from streaming_analytics.streams import CHANNEL_FIXED, StreamEntry, stream_key, window_key
 from tests.support.push_process import PushServerProcess
 

@@ -39,14 +39,14 @@ bench_push_fanout() {
 
 # The benchmarks use the local stack (var/stack). Start it when it is not running, and then stop
 # it again at the end; a stack that `make run` already runs is used as it is and left running.
-if "$PY" -m streaming_analytics.stack status | grep -qE '^kafka +running'; then
+if "$PY" -m devstack.stack status | grep -qE '^kafka +running'; then
   started_stack=false
 else
   started_stack=true
-  "$PY" -m streaming_analytics.stack up || exit 1
+  "$PY" -m devstack.stack up || exit 1
 fi
 stop_stack() {
-  if $started_stack; then "$PY" -m streaming_analytics.stack down >/dev/null; fi
+  if $started_stack; then "$PY" -m devstack.stack down >/dev/null; fi
 }
 trap stop_stack EXIT
 

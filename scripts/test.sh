@@ -8,10 +8,10 @@ export SA_STACK_DIR="$PWD/var/test-stack"
 unset SA_KAFKA_BOOTSTRAP SA_POSTGRES_DSN SA_REDIS_URL SA_FLINK_REST_URL
 PY=.venv/bin/python
 cleanup() {
-  if ! "$PY" -m streaming_analytics.stack down >/dev/null; then
+  if ! "$PY" -m devstack.stack down >/dev/null; then
     echo "warning: stopping the test stack failed; see var/test-stack/logs" >&2
   fi
 }
 trap cleanup EXIT
-"$PY" -m streaming_analytics.stack up
+"$PY" -m devstack.stack up
 "$PY" -m pytest "$@"

@@ -27,7 +27,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory holding anomaly model v1, trained once per session (~7 s)."""
-    from models.anomaly import ensure_model
+    from models.train import ensure_model
 
     directory = tmp_path_factory.mktemp("models")
     ensure_model(directory)

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import psycopg2
 
+from devstack.generator import EventGenerator, Fractions, GeneratorConfig, produce
+from devstack.sandbox import job_environ, stop_job_process
 from pipelines.analytics_pipeline import run
 from pipelines.flink_job import FlinkJobResult
 from pipelines.runners import runner_args
-from streaming_analytics.generator import EventGenerator, Fractions, GeneratorConfig, produce
-from streaming_analytics.sandbox import job_environ, stop_job_process
 from streaming_analytics.settings import Settings
 from tests.integration.pipeline_support import Windows, assert_results_exact
 

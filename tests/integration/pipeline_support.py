@@ -1,5 +1,5 @@
 """Shared by the pipeline's end-to-end, late-data and fault tests: the exactness check (the private
-job they run in is streaming_analytics.sandbox).
+job they run in is devstack.sandbox).
 
 The check recomputes every window's aggregates independently, in plain Python, from the records
 actually in the topic (first delivery of each event id counts), and compares them with the final
@@ -27,8 +27,8 @@ import pytest
 import redis
 from kafka import KafkaConsumer, TopicPartition
 
+from devstack.generator import KIND_HEADER
 from streaming_analytics.events import Event, InvalidEvent, parse_event
-from streaming_analytics.generator import KIND_HEADER
 from streaming_analytics.settings import Settings
 from streaming_analytics.streams import (
     CHANNEL_ALERTS,

@@ -11,11 +11,11 @@ from collections import Counter
 
 from kafka import KafkaConsumer, TopicPartition
 
+from devstack.generator import KIND_HEADER
+from devstack.kafka_topics import ensure_topics, missing_topics
+from devstack.stack.process import free_port
 from streaming_analytics.events import InvalidEvent, parse_event
-from streaming_analytics.generator import KIND_HEADER
-from streaming_analytics.kafka_topics import ensure_topics, missing_topics
 from streaming_analytics.settings import Settings
-from streaming_analytics.stack.process import free_port
 
 COUNT = 5_000
 
@@ -23,7 +23,7 @@ COUNT = 5_000
 def test_generator_writes_exact_fractions_to_kafka(settings: Settings, unique_name: str) -> None:
     ensure_topics(settings.kafka_bootstrap, {unique_name: 4})
     out = subprocess.run(
-        [sys.executable, "-m", "streaming_analytics.generator", "--count", str(COUNT), "--seed", "11",
+        [sys.executable, "-m", "devstack.generator", "--count", str(COUNT), "--seed", "11",
          "--topic", unique_name, "--bootstrap", settings.kafka_bootstrap, "--start-ms", "1767225600000",
          "--malformed", "0.03", "--duplicate", "0.02", "--late", "0.01", "--too-late", "0.004",
          "--out-of-order", "0.1", "--anomalous", "0.006"],
@@ -65,7 +65,7 @@ def test_generator_writes_exact_fractions_to_kafka(settings: Settings, unique_na
 def _generate(settings: Settings, topic: str, *extra: str) -> subprocess.CompletedProcess[str]:
     # The timeout is far below the producer's 60-s metadata wait that a missing topic used to cost.
     return subprocess.run(
-        [sys.executable, "-m", "streaming_analytics.generator", "--count", "20", "--seed", "3",
+        [sys.executable, "-m", "devstack.generator", "--count", "20", "--seed", "3",
          "--topic", topic, "--bootstrap", settings.kafka_bootstrap, *extra],
         capture_output=True, text=True, timeout=30, check=False,
     )
@@ -107,7 +107,7 @@ def test_create_topic_creates_a_missing_topic_and_sends(settings: Settings, uniq
 def test_no_broker_is_named_with_the_way_to_start_one(settings: Settings, unique_name: str) -> None:
     nowhere = f"127.0.0.1:{free_port()}"
     out = subprocess.run(
-        [sys.executable, "-m", "streaming_analytics.generator", "--count", "1", "--topic", unique_name,
+        [sys.executable, "-m", "devstack.generator", "--count", "1", "--topic", unique_name,
          "--bootstrap", nowhere], capture_output=True, text=True, timeout=30, check=False)
     assert out.returncode == 2, out
     assert f"no Kafka broker answers at {nowhere}" in out.stderr and "stack up kafka" in out.stderr

@@ -13,9 +13,9 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import trigger, window
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from streaming_analytics.kafka_topics import ensure_topics
+from devstack.kafka_topics import ensure_topics
+from devstack.stack.process import wait_until
 from streaming_analytics.settings import Settings
-from streaming_analytics.stack.process import wait_until
 from transforms.kafka_source import (
     KafkaCheckpointMarkCoder,
     KafkaPartitionSource,

@@ -19,12 +19,12 @@ import redis
 from apache_beam.options.pipeline_options import PipelineOptions
 from kafka import KafkaProducer
 
+from devstack.generator import EventGenerator, GeneratorConfig
+from devstack.kafka_topics import ensure_topics
 from pipelines.flink_job import deploy_jar
 from pipelines.flink_rest import FlinkRest
 from pipelines.job_jar import JobJarRunner
 from pipelines.runners import flink_job_base_jar, runner_args
-from streaming_analytics.generator import EventGenerator, GeneratorConfig
-from streaming_analytics.kafka_topics import ensure_topics
 from streaming_analytics.settings import Settings
 from transforms.kafka_java_source import ReadFromKafkaJava
 from transforms.kafka_source import ReadFromKafka, event_time_from_payload

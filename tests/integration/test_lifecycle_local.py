@@ -17,6 +17,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
+from devstack.sandbox import private_job
 from pipelines.flink_job import FlinkJobResult
 from pipelines.flink_rest import FlinkRest
 from pipelines.lifecycle.__main__ import build_release
@@ -27,7 +28,6 @@ from pipelines.lifecycle.service import Lifecycle
 from pipelines.lifecycle.watch import SloWatch, Thresholds, default_probes
 from streaming_analytics.db.migrate import migrate
 from streaming_analytics.events import FEATURE_NAMES
-from streaming_analytics.sandbox import private_job
 from streaming_analytics.settings import Settings
 from tests.integration.live_support import LiveJob, LiveProducer, job_args, wait_until_exact
 from transforms.scoring import INFERENCE_FAILED_REASON

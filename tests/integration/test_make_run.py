@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from devstack.stack.manager import Stack
+from devstack.stack.process import proc_start_ticks
 from streaming_analytics.settings import Settings
-from streaming_analytics.stack.manager import Stack
-from streaming_analytics.stack.process import proc_start_ticks
 
 
 @pytest.mark.slow
@@ -26,7 +26,7 @@ def test_run_starts_everything_and_stopping_leaves_no_process(tmp_path: Path, se
     env.update({"SA_STACK_DIR": str(stack_dir), "SA_TOOLS_DIR": str(settings.tools_dir),
                 "SA_RUN_GENERATOR_RATE": "50"})
     # The test stack already holds the default ports: this run must move to free ones.
-    supervisor = subprocess.Popen([sys.executable, "-m", "streaming_analytics.stack", "run"], env=env,
+    supervisor = subprocess.Popen([sys.executable, "-m", "devstack.stack", "run"], env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output: list[str] = []
     recorded = []
@@ -56,7 +56,7 @@ def test_run_starts_everything_and_stopping_leaves_no_process(tmp_path: Path, se
     finally:
         if stop_with == "make_stop" and recorded:
             # What `make stop` runs, from another process; the supervisor must notice and end.
-            down = subprocess.run([sys.executable, "-m", "streaming_analytics.stack", "down"], env=env,
+            down = subprocess.run([sys.executable, "-m", "devstack.stack", "down"], env=env,
                                   capture_output=True, text=True, timeout=120, check=False)
             output.append(down.stdout + down.stderr)
         else:

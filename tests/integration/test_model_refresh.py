@@ -19,11 +19,12 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from models.anomaly import latest_model, model_path, train
+from devstack.generator import KIND_HEADER, EventGenerator, Fractions, GeneratorConfig, produce
+from devstack.sandbox import job_environ, private_job, stop_job_process
+from models.anomaly import latest_model, model_path
+from models.train import train
 from pipelines.runners import runner_args
 from streaming_analytics.events import parse_event
-from streaming_analytics.generator import KIND_HEADER, EventGenerator, Fractions, GeneratorConfig, produce
-from streaming_analytics.sandbox import job_environ, private_job, stop_job_process
 from streaming_analytics.settings import Settings
 from tests.integration.pipeline_support import consume_all
 

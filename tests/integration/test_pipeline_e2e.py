@@ -20,10 +20,10 @@ from unittest import mock
 
 import pytest
 
+from devstack.sandbox import private_job
 from pipelines.analytics_pipeline import run
 from pipelines.runners import runner_args
 from streaming_analytics.db.migrate import migrate
-from streaming_analytics.sandbox import private_job
 from streaming_analytics.settings import Settings
 from tests.integration.pipeline_support import Windows, assert_results_exact
 
@@ -36,7 +36,7 @@ PARTITIONS = 4
 def job(settings: Settings, unique_name: str) -> Iterator[Settings]:
     with private_job(settings, unique_name, PARTITIONS) as s:
         subprocess.run(
-            [sys.executable, "-m", "streaming_analytics.generator", "--count", str(COUNT), "--seed", "5",
+            [sys.executable, "-m", "devstack.generator", "--count", str(COUNT), "--seed", "5",
              "--topic", s.topic_events, "--bootstrap", s.kafka_bootstrap, "--start-ms", str(T0),
              "--rate", "1000", "--too-late", "0", "--late", "0.01", "--duplicate", "0.02",
              "--malformed", "0.02", "--out-of-order", "0.1"],

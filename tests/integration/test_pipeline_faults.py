@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from devstack.sandbox import private_job
+from devstack.stack.manager import Stack
 from pipelines.flink_rest import FlinkRest
-from streaming_analytics.sandbox import private_job
 from streaming_analytics.settings import Settings
-from streaming_analytics.stack.manager import Stack
 from tests.integration.live_support import LiveProducer, live_job, wait_until_exact
 from tests.integration.pipeline_support import wait_for_committed_offsets
 

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 
+from devstack.sandbox import private_job
+from devstack.stack.components import flink_cli_env
 from pipelines.analytics_pipeline import run
 from pipelines.flink_job import FlinkJobResult
 from pipelines.flink_rest import FlinkRest
 from streaming_analytics.db.migrate import migrate
-from streaming_analytics.sandbox import private_job
 from streaming_analytics.settings import Settings
-from streaming_analytics.stack.components import flink_cli_env
 from tests.integration.live_support import (
     LiveJob,
     LiveProducer,

@@ -19,11 +19,11 @@ import orjson
 import psycopg2
 from kafka import KafkaProducer
 
+from devstack.generator import KIND_HEADER, EventGenerator, Fractions, GeneratorConfig
+from devstack.sandbox import private_job
 from pipelines.analytics_pipeline import run
 from pipelines.runners import runner_args
 from streaming_analytics.events import InvalidEvent, parse_event
-from streaming_analytics.generator import KIND_HEADER, EventGenerator, Fractions, GeneratorConfig
-from streaming_analytics.sandbox import private_job
 from streaming_analytics.settings import Settings
 from tests.integration.pipeline_support import Lateness, Windows, check_results
 from tests.unit.hostile_support import HostileRecord, hostile_topic

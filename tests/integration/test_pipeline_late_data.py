@@ -32,11 +32,11 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.runners.runner import PipelineState
 from kafka import KafkaConsumer, TopicPartition
 
+from devstack.generator import KIND_HEADER
+from devstack.sandbox import private_job
 from pipelines.analytics_pipeline import run
 from pipelines.runners import runner_args
 from streaming_analytics.events import parse_event
-from streaming_analytics.generator import KIND_HEADER
-from streaming_analytics.sandbox import private_job
 from streaming_analytics.settings import Settings
 from tests.integration.live_support import LiveJob, start_job
 from tests.integration.pipeline_support import (
@@ -72,7 +72,7 @@ LIVE_RUNNERS = ["prism", pytest.param("flink", marks=pytest.mark.flink)]
 
 def produce(s: Settings, start_ms: int, seed: int, *args: str) -> None:
     subprocess.run(
-        [sys.executable, "-m", "streaming_analytics.generator", "--topic", s.topic_events,
+        [sys.executable, "-m", "devstack.generator", "--topic", s.topic_events,
          "--bootstrap", s.kafka_bootstrap, "--start-ms", str(start_ms), "--seed", str(seed), *args],
         check=True, capture_output=True, timeout=300)
 

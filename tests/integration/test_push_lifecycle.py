@@ -13,10 +13,10 @@ import pytest
 import redis
 from websockets.asyncio.client import connect
 
+from devstack.stack.process import free_port, wait_until
 from push_server import disconnect
 from push_server.devtokens import claims_for, hs256
 from streaming_analytics.settings import Settings
-from streaming_analytics.stack.process import free_port, wait_until
 from streaming_analytics.streams import CHANNEL_ALERTS, StreamEntry
 from tests.support.push_process import PushServerProcess, close_code, recv_json, send_json, xadd
 from tests.support.waiting import until

@@ -14,7 +14,7 @@ import orjson
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
-from streaming_analytics.kafka_topics import ensure_topics
+from devstack.kafka_topics import ensure_topics
 from streaming_analytics.settings import Settings
 from tests.integration.sinks_support import T0_MS, closed_port, counter, run_sink
 from transforms.records import DeadLetter

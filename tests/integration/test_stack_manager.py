@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from devstack.stack.manager import Stack, StackError
 from streaming_analytics.settings import Settings, endpoints_file
-from streaming_analytics.stack.manager import Stack, StackError
 
 
 def test_redis_moves_to_a_free_port_when_the_default_is_taken(tmp_path: Path, settings: Settings) -> None:

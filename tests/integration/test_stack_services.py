@@ -8,9 +8,9 @@ import psycopg2
 import redis
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
-from streaming_analytics.kafka_topics import ensure_topics
+from devstack.kafka_topics import ensure_topics
+from devstack.stack.components import flink_overview
 from streaming_analytics.settings import Settings
-from streaming_analytics.stack.components import flink_overview
 
 
 def test_kafka_produce_and_consume_across_partitions(settings: Settings, unique_name: str) -> None:

@@ -30,7 +30,7 @@ import orjson
 import redis
 from websockets.exceptions import ConnectionClosed
 
-from streaming_analytics.stack.process import free_port
+from devstack.stack.process import free_port
 from streaming_analytics.streams import StreamEntry, stream_key
 
 

@@ -3,7 +3,7 @@
 A fixed sleep is either too short on a loaded machine (a flaky failure) or too long everywhere (a
 slow suite), and it does not say what the test is waiting for. :func:`until` polls a probe and
 returns as soon as the condition holds, failing with what it waited for and the last value seen.
-Synchronous code uses :func:`streaming_analytics.stack.process.wait_until`, the same idea.
+Synchronous code uses :func:`devstack.stack.process.wait_until`, the same idea.
 """
 
 from __future__ import annotations

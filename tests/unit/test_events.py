@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from devstack.generator import EventGenerator, Fractions, GeneratorConfig
 from streaming_analytics.events import (
     FEATURE_NAMES,
     MAX_EVENT_BYTES,
@@ -30,7 +31,6 @@ from streaming_analytics.events import (
     parse_event,
     validate_event,
 )
-from streaming_analytics.generator import EventGenerator, Fractions, GeneratorConfig
 from tests.unit.hostile_support import ANY_TEXT
 
 VALID: dict[str, Any] = {

@@ -6,14 +6,14 @@ from collections import Counter
 
 import pytest
 
-from streaming_analytics.events import InvalidEvent, parse_event
-from streaming_analytics.generator import (
+from devstack.generator import (
     KINDS,
     MALFORMATIONS,
     EventGenerator,
     Fractions,
     GeneratorConfig,
 )
+from streaming_analytics.events import InvalidEvent, parse_event
 
 START_MS = 1_767_225_600_000
 FRACTIONS = Fractions(out_of_order=0.07, late=0.02, too_late=0.005, duplicate=0.03, malformed=0.04,

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from streaming_analytics.stack import process
-from streaming_analytics.stack.components import kafka_cluster_id
-from streaming_analytics.stack.process import ProcessSpec, RunningProcess
+from devstack.stack import process
+from devstack.stack.components import kafka_cluster_id
+from devstack.stack.process import ProcessSpec, RunningProcess
 
 
 def sleeper(tmp_path: Path, name: str = "sleeper") -> RunningProcess:

@@ -20,11 +20,11 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from devstack.generator import EventGenerator, Fractions, GeneratorConfig
+from devstack.stack.process import wait_until
 from models.anomaly import latest_model, model_input, model_version, version_of
 from models.handler import NewestModelHandler
 from streaming_analytics.events import Event, parse_event
-from streaming_analytics.generator import EventGenerator, Fractions, GeneratorConfig
-from streaming_analytics.stack.process import wait_until
 from tests.unit.test_transforms_support import event_doc, fresh_metrics_per_bundle
 from transforms import metrics
 from transforms.records import Alert, DeadLetter

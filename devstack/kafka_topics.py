@@ -33,7 +33,7 @@ class BrokerUnreachableError(RuntimeError):
 
     def __init__(self, bootstrap: str) -> None:
         super().__init__(f"no Kafka broker answers at {bootstrap} (SA_KAFKA_BOOTSTRAP). Start the "
-                         "local stack: python -m streaming_analytics.stack up kafka")
+                         "local stack: python -m devstack.stack up kafka")
 
 
 def missing_topics(bootstrap: str, topics: Iterable[str]) -> list[str]:

@@ -18,8 +18,8 @@ import psycopg2
 import redis
 from kafka import KafkaAdminClient
 
+from devstack.kafka_topics import ensure_topics
 from streaming_analytics.db.migrate import check_schema_name
-from streaming_analytics.kafka_topics import ensure_topics
 from streaming_analytics.settings import Settings
 from streaming_analytics.streams import CHANNELS, stream_key
 

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import ClassVar
 from urllib.parse import urlsplit
 
+from devstack.stack.process import ProcessSpec, free_port, port_is_free, wait_until
 from streaming_analytics import settings as settings_module
-from streaming_analytics.stack.process import ProcessSpec, free_port, port_is_free, wait_until
 
 LOOPBACK = "127.0.0.1"
 
@@ -139,7 +139,7 @@ class Kafka(Component):
             admin.close()
 
     def after_start(self, ctx: StackContext) -> None:
-        from streaming_analytics.kafka_topics import ensure_topics
+        from devstack.kafka_topics import ensure_topics
 
         ensure_topics(
             ctx.endpoints["SA_KAFKA_BOOTSTRAP"],
@@ -576,7 +576,7 @@ class Generator(Component):
 
     def prepare(self, ctx: StackContext) -> list[ProcessSpec]:
         rate = ctx.setting("SA_RUN_GENERATOR_RATE")
-        argv = [sys.executable, "-m", "streaming_analytics.generator", "--rate", rate, "--realtime"]
+        argv = [sys.executable, "-m", "devstack.generator", "--rate", rate, "--realtime"]
         return [ProcessSpec("generator", argv, env=_child_env(ctx))]
 
     def healthy(self, ctx: StackContext) -> bool:

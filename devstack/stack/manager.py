@@ -16,10 +16,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from devstack.stack import process
+from devstack.stack.components import COMPONENTS, Component, ComponentError, StackContext
+from devstack.stack.process import RunningProcess
 from streaming_analytics import settings as settings_module
-from streaming_analytics.stack import process
-from streaming_analytics.stack.components import COMPONENTS, Component, ComponentError, StackContext
-from streaming_analytics.stack.process import RunningProcess
 
 
 class StackError(RuntimeError):

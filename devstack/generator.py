@@ -1,8 +1,8 @@
 """Reproducible generator of e-commerce events, with controllable bad input.
 
-    python -m streaming_analytics.generator --count 10000 --seed 7 --malformed 0.02
-    python -m streaming_analytics.generator --rate 500 --realtime          # until Ctrl-C
-    python -m streaming_analytics.generator --topic my-events --create-topic --count 100
+    python -m devstack.generator --count 10000 --seed 7 --malformed 0.02
+    python -m devstack.generator --rate 500 --realtime          # until Ctrl-C
+    python -m devstack.generator --topic my-events --create-topic --count 100
 
 The topic must exist (the local stack creates ``SA_KAFKA_TOPIC_EVENTS``); ``--create-topic``
 creates a missing one with ``SA_KAFKA_EVENTS_PARTITIONS`` partitions, and without it a missing
@@ -281,12 +281,12 @@ def produce(generator: EventGenerator, *, bootstrap: str, topic: str, count: int
     run``). Otherwise event times advance 1000/rate ms per record from ``start_ms`` and records go
     out as fast as the broker takes them (tests, benchmarks, backfills).
 
-    Raises :class:`~streaming_analytics.kafka_topics.MissingTopicError` before sending anything
+    Raises :class:`~devstack.kafka_topics.MissingTopicError` before sending anything
     when ``topic`` does not exist.
     """
     from kafka import KafkaProducer
 
-    from streaming_analytics.kafka_topics import require_topics
+    from devstack.kafka_topics import require_topics
 
     require_topics(bootstrap, [topic], hint=CREATE_TOPIC_HINT)
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, batch_size=131072,
@@ -326,15 +326,15 @@ def produce(generator: EventGenerator, *, bootstrap: str, topic: str, count: int
 CREATE_TOPIC_HINT: Final = (
     "Create it by running the generator with --create-topic (SA_KAFKA_EVENTS_PARTITIONS partitions), "
     "or, for the events topic SA_KAFKA_TOPIC_EVENTS, start the local stack, which creates it: "
-    "python -m streaming_analytics.stack up kafka")
+    "python -m devstack.stack up kafka")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from streaming_analytics.kafka_topics import BrokerUnreachableError, MissingTopicError, ensure_topics
+    from devstack.kafka_topics import BrokerUnreachableError, MissingTopicError, ensure_topics
     from streaming_analytics.settings import Settings
 
     settings = Settings.from_env()
-    p = argparse.ArgumentParser(prog="python -m streaming_analytics.generator", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m devstack.generator", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--count", type=int, default=None, help="records to send (default: until Ctrl-C)")
     p.add_argument("--rate", type=float, default=1000.0, help="records per second of event time")

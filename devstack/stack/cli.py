@@ -1,11 +1,11 @@
 """Command line of the local stack.
 
-    python -m streaming_analytics.stack up [COMPONENT ...]     start (default: kafka postgres redis flink)
-    python -m streaming_analytics.stack run                    up + the platform's processes; Ctrl-C stops all
-    python -m streaming_analytics.stack down [COMPONENT ...]   stop what the stack started
-    python -m streaming_analytics.stack status                 one line per component
-    python -m streaming_analytics.stack logs [COMPONENT] [-f]  show (or follow) the logs
-    python -m streaming_analytics.stack env                    the endpoints as shell exports
+    python -m devstack.stack up [COMPONENT ...]     start (default: kafka postgres redis flink)
+    python -m devstack.stack run                    up + the platform's processes; Ctrl-C stops all
+    python -m devstack.stack down [COMPONENT ...]   stop what the stack started
+    python -m devstack.stack status                 one line per component
+    python -m devstack.stack logs [COMPONENT] [-f]  show (or follow) the logs
+    python -m devstack.stack env                    the endpoints as shell exports
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ import sys
 import threading
 from pathlib import Path
 
-from streaming_analytics.stack.manager import Stack, StackError
-from streaming_analytics.stack.process import reap_children
+from devstack.stack.manager import Stack, StackError
+from devstack.stack.process import reap_children
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m streaming_analytics.stack", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m devstack.stack", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start components and wait until healthy")

@@ -1,0 +1,3 @@
+from devstack.stack.cli import main
+
+raise SystemExit(main())

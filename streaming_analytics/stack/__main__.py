@@ -1,3 +1,0 @@
-from streaming_analytics.stack.cli import main
-
-raise SystemExit(main())

@@ -65,8 +65,15 @@ class _Bag:
 
 
 class _Timer:
-    def set(self, ts: Any) -> None:
+    """A timer family: the newest time set per dynamic tag."""
+
+    def __init__(self) -> None:
+        self.ts: Any = None
+        self.by_tag: dict[str, Any] = {}
+
+    def set(self, ts: Any, dynamic_timer_tag: str = "") -> None:
         self.ts = ts
+        self.by_tag[dynamic_timer_tag] = ts
 
 
 RULE = LateDataRule(kinds=(Deadlines("fixed", size_ms=60_000, period_ms=60_000, lateness_ms=0),),

@@ -50,6 +50,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Final, NamedTuple
 
 import apache_beam as beam
+from apache_beam.metrics.metric import Metrics
 from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.pvalue import PCollection
 from apache_beam.transforms import trigger, window
@@ -58,6 +59,7 @@ from apache_beam.utils.windowed_value import PaneInfoTiming, WindowedValue
 
 from streaming_analytics.events import Event
 from streaming_analytics.streams import window_key
+from transforms import metrics
 from transforms.dedup import (
     DEFAULT_HORIZON_S,
     DEFAULT_SHARDS,
@@ -238,7 +240,7 @@ class MergePartialsFn(EventStatsFn):
 
 
 def stats_of(acc: AggregateAccumulator) -> AmountStats:
-    """Final statistics of an accumulator (all zero for an empty one, which Beam never emits)."""
+    """Final statistics of an accumulator (all zero for an empty one: see :class:`_AttachPaneFn`)."""
     if acc.count == 0:
         return AmountStats(0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0)
     total = acc.sum_micros / 1_000_000
@@ -425,12 +427,21 @@ class _KeepOwnWindowFn(beam.DoFn):
 
 
 class _AttachPaneFn(beam.DoFn):
-    """Combine output + window + pane info → :class:`Aggregate`."""
+    """Combine output + window + pane info → :class:`Aggregate`; empty panes are dropped.
+
+    Every partial the GroupByKey receives counts at least one event, so a pane with nothing in it
+    carries nothing — but Flink's runner emits one: when one watermark jump passes both a window's
+    end and its garbage-collection time, the window fires its ON_TIME pane and, after its state is
+    cleared, a *final* pane with pane index 0 and an empty accumulator (seen on Flink 1.19 with
+    Beam 2.62). Written, it would replace the window's real pane (a later emission is newer:
+    ``streams.pane_revision``) with zeros. Counted in ``empty_panes_dropped``.
+    """
 
     def __init__(self, kind: str, clock: Callable[[], float]) -> None:
         super().__init__()
         self._kind = kind
         self._clock = clock
+        self._empty = Metrics.counter(metrics.NAMESPACE, metrics.EMPTY_PANES_DROPPED)
 
     def process(
         self,
@@ -439,6 +450,9 @@ class _AttachPaneFn(beam.DoFn):
         pane: Any = beam.DoFn.PaneInfoParam,
     ) -> Iterator[Aggregate]:
         (dimension, key), s = element
+        if s.count == 0:
+            self._empty.inc()
+            return
         yield Aggregate(
             kind=self._kind,
             dimension=dimension,

@@ -18,6 +18,8 @@ DUPLICATE_EVENTS: Final = "duplicate_events"
 #: Events refused because every window they belong to had closed, per aggregate kind:
 #: ``too_late_events.<kind>``.
 TOO_LATE_EVENTS_PREFIX: Final = "too_late_events."
+#: Empty panes a runner emitted (Flink, at a window's garbage collection), dropped before the sinks.
+EMPTY_PANES_DROPPED: Final = "empty_panes_dropped"
 
 
 def invalid_events(code: str) -> str:

@@ -280,3 +280,23 @@ def test_parse_dimensions_and_constructor_validation() -> None:
     assert [(k.kind, k.size_ms, k.period_ms, k.lateness_ms) for k in rule.kinds] == [
         ("fixed", 60_000, 60_000, 30_000), ("sliding", 300_000, 60_000, 30_000)]
     assert rule.lookahead_ms == 90_000
+
+
+def test_an_empty_pane_is_dropped_and_counted_not_written() -> None:
+    """Flink's runner emits a final, empty pane (index 0) when one watermark jump passes a window's
+    end and its garbage collection; written, it would replace the window's real pane with zeros."""
+    from apache_beam.utils.windowed_value import PaneInfo, PaneInfoTiming
+
+    from transforms.aggregates import AmountStats, _AttachPaneFn
+
+    fn = _AttachPaneFn("fixed", clock=lambda: 1.0)
+    win = IntervalWindow(0, 60)
+    empty = AmountStats(0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0)
+    final_empty = PaneInfo(is_first=True, is_last=True, timing=PaneInfoTiming.ON_TIME, index=0,
+                           nonspeculative_index=0)
+    assert list(fn.process((("category", "books"), empty), win=win, pane=final_empty)) == []
+    one = AmountStats(1, 2.5, 2.5, 2.5, 2.5, 2.5, 2.5, 2.5, 1)
+    on_time = PaneInfo(is_first=False, is_last=False, timing=PaneInfoTiming.ON_TIME, index=1,
+                       nonspeculative_index=0)
+    [aggregate] = fn.process((("category", "books"), one), win=win, pane=on_time)
+    assert (aggregate.count, aggregate.pane_index, aggregate.timing) == (1, 1, "ON_TIME")

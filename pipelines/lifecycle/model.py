@@ -69,9 +69,12 @@ class Release:
 @dataclass(frozen=True)
 class SavepointRecord:
     """A savepoint in the catalogue: where it is, which release and versions took it, when, why,
-    and the Kafka offsets the job had committed when it completed (``partition -> next offset``;
-    the offsets in the savepoint's own state are the same or — for a savepoint that did not cancel
-    the job — at most one checkpoint interval behind)."""
+    and the Kafka offsets the job's group had committed right after it completed (``partition ->
+    next offset``): the Kafka read commits a completed savepoint's offsets, so these are the
+    savepoint's own — or, when a checkpoint of the still running job completed in between, a
+    little later ones. An upgrade's savepoint records those committed just before it (the new
+    release commits its own right after): at most one checkpoint interval behind. Empty when
+    Kafka was out of the CLI's reach."""
 
     path: str
     release: str

@@ -8,6 +8,7 @@ upgrade, and leave an audit record of each action, failed ones included.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -141,11 +142,9 @@ class Lifecycle:
 
     def _take(self, kind: SavepointKind, *, stop: bool) -> SavepointRecord:
         current = self._current_release()
-        offsets = self._offsets()
+        before = self._offsets()
         path = self.backend.savepoint(kind, stop=stop)
-        if stop:
-            offsets = self._offsets() or offsets
-        return self._record(path, kind, current, offsets)
+        return self._record(path, kind, current, self._offsets_after(before))
 
     def _offsets(self) -> dict[str, int]:
         """The committed offsets for the record, or none: Kafka out of the CLI's reach must not
@@ -155,6 +154,16 @@ class Lifecycle:
         except Exception as exc:  # noqa: BLE001 - any failure to read them only leaves them out
             _LOG.warning("the savepoint record goes without Kafka offsets: %s", exc)
             return {}
+
+    def _offsets_after(self, before: dict[str, int], wait_s: float = 5.0) -> dict[str, int]:
+        """The offsets committed once a savepoint completed: the Kafka read commits a completed
+        checkpoint's offsets (a savepoint's too) asynchronously, so wait a moment for them to move."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            offsets = self._offsets()
+            if (offsets and offsets != before) or time.monotonic() > deadline:
+                return offsets or before
+            time.sleep(0.25)
 
     def _record(self, path: str, kind: SavepointKind, release: Release,
                 offsets: dict[str, int]) -> SavepointRecord:

@@ -18,9 +18,10 @@ looks at what the platform promises instead:
 
 A sample that cannot be read counts as unknown, not healthy: after ``grace_s`` an unreadable
 signal is a breach too. One breached sample is noise; ``breaches_to_rollback`` consecutive ones
-roll back. Probes are small functions over the backend, Kafka, PostgreSQL and Redis, so the same
-watch serves the local cluster and Kubernetes (the Flink REST counters come from the backend's
-status; pipelines/lifecycle/backend.py).
+roll back. The verdict is a log line, an audit record, the exit status of the CLI and the
+metrics of :func:`write_metrics`. Probes are small functions over the backend, Kafka, PostgreSQL
+and Redis, so the same watch serves the local cluster and Kubernetes (the Flink REST counters
+come from the backend's status; pipelines/lifecycle/backend.py).
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
+from pipelines.lifecycle.catalogue import LifecycleStore
 from pipelines.lifecycle.service import Lifecycle
 from streaming_analytics.settings import Settings
 
@@ -145,7 +148,6 @@ class SloWatch:
             verdict.samples += 1
             in_grace = self._clock() - start < t.grace_s
             found = breaches(signals, t, in_grace=in_grace)
-            _SAMPLES.labels(outcome="breach" if found else "ok").inc()
             if found:
                 consecutive += 1
                 _LOG.warning("SLO breach %d/%d of release %s: %s", consecutive, t.breaches_to_rollback,
@@ -159,6 +161,7 @@ class SloWatch:
                           verdict.samples)
                 self.lifecycle.store.audit("watch", self.lifecycle.backend.name, "healthy",
                                            release=verdict.release, samples=verdict.samples)
+                write_metrics(self.lifecycle.store, verdict)
                 return verdict
             self._sleep(t.interval_s)
 
@@ -169,10 +172,10 @@ class SloWatch:
         self.lifecycle.store.audit("watch", self.lifecycle.backend.name, "breach", release=verdict.release,
                                    breaches=found)
         self.lifecycle.rollback(point, reason=f"SLO breach: {reason}")
-        _ROLLBACKS.labels(release=verdict.release or "").inc()
         verdict.rolled_back = True
         verdict.breaches = found
         verdict.rolled_back_to = point
+        write_metrics(self.lifecycle.store, verdict)
         return verdict
 
 
@@ -287,12 +290,26 @@ def default_probes(lifecycle: Lifecycle, settings: Settings, schema: str = "publ
             redis_probe(settings, CHANNEL_FIXED)]
 
 
-def _metrics() -> tuple[Any, Any]:
-    from prometheus_client import Counter
-
-    samples = Counter("sa_lifecycle_watch_samples", "SLO watch samples by outcome", ["outcome"])
-    rollbacks = Counter("sa_lifecycle_rollbacks", "Releases the SLO watch rolled back", ["release"])
-    return samples, rollbacks
+#: The watch's metrics, in Prometheus' text format, for node-exporter's textfile collector (a CLI
+#: process lives too briefly to be scraped): in the lifecycle directory.
+METRICS_FILE = "lifecycle.prom"
 
 
-_SAMPLES, _ROLLBACKS = _metrics()
+def write_metrics(store: LifecycleStore, verdict: Verdict) -> Path:
+    """Write ``sa_lifecycle_slo_rollbacks_total`` (rollbacks the watch made, from the audit trail),
+    ``sa_lifecycle_watch_rolled_back`` (1 when the last watch rolled its release back) and
+    ``sa_lifecycle_watch_last_run_timestamp_seconds`` to :data:`METRICS_FILE`."""
+    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+
+    registry = CollectorRegistry()
+    rollbacks = sum(1 for a in store.audit_trail() if a.get("action") == "rollback"
+                    and a.get("outcome") == "ok" and str(a.get("reason", "")).startswith("SLO breach"))
+    Gauge("sa_lifecycle_slo_rollbacks_total", "Releases the SLO watch rolled back, ever",
+          registry=registry).set(rollbacks)
+    Gauge("sa_lifecycle_watch_rolled_back", "1 when the last SLO watch rolled its release back",
+          ["release"], registry=registry).labels(release=verdict.release or "").set(int(verdict.rolled_back))
+    Gauge("sa_lifecycle_watch_last_run_timestamp_seconds", "When the last SLO watch ended",
+          registry=registry).set_to_current_time()
+    path = store.root / METRICS_FILE
+    write_to_textfile(str(path), registry)
+    return path

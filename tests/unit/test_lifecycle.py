@@ -318,6 +318,9 @@ def test_a_persistent_breach_rolls_back_to_the_pre_upgrade_savepoint(lifecycle: 
     trail = lifecycle.store.audit_trail()
     assert [a["action"] for a in trail[-2:]] == ["watch", "rollback"]
     assert trail[-1]["reason"] == "SLO breach: dead_letter_ratio 1 > 0.2"
+    metrics = (lifecycle.store.root / "lifecycle.prom").read_text()
+    assert "sa_lifecycle_slo_rollbacks_total 1.0" in metrics
+    assert 'sa_lifecycle_watch_rolled_back{release="v2"} 1.0' in metrics
 
 
 def test_one_bad_sample_is_noise_and_a_healthy_release_is_kept(lifecycle: Lifecycle) -> None:
@@ -327,6 +330,8 @@ def test_one_bad_sample_is_noise_and_a_healthy_release_is_kept(lifecycle: Lifecy
     assert not verdict.rolled_back and verdict.samples == 11  # 0, 10, ..., 100 s
     assert lifecycle.status().release == "v2"
     assert lifecycle.store.audit_trail()[-1]["outcome"] == "healthy"
+    metrics = (lifecycle.store.root / "lifecycle.prom").read_text()
+    assert 'sa_lifecycle_watch_rolled_back{release="v2"} 0.0' in metrics
 
 
 def test_a_probe_that_stops_answering_is_a_breach_after_the_grace(lifecycle: Lifecycle) -> None:

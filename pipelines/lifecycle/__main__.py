@@ -229,7 +229,10 @@ def _check_state(args: argparse.Namespace, settings: Settings) -> int:
 
         with tempfile.TemporaryDirectory(prefix="sa-check-state-") as tmp:
             jar = Path(tmp) / "job.jar"
-            run([*runner_args("flink", settings), f"--job_jar={jar}"], settings=settings)
+            # The production jar's build (make job-jar): endpoints and model are the workers', so
+            # neither a model nor the services are needed here; the graph and its UIDs are the same.
+            run([*runner_args("flink", settings), "--endpoints=workers", f"--job_jar={jar}"],
+                settings=settings)
             steps = compat.stateful_steps(compat.job_jar_pipeline(jar))
     if args.write:
         compat.dump(steps, STATE_LOCK, args.write)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,6 +77,13 @@ def _release(lifecycle: Lifecycle, s: Settings, name: str, *extra: str) -> Relea
     return build_release(s, lifecycle.store, name, job_args("flink", s, "--kafka_start=earliest", *extra))
 
 
+def _until_checkpointed(lifecycle: Lifecycle, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while lifecycle.status().checkpoints_completed < 1:
+        assert time.monotonic() < deadline, "no checkpoint completed"
+        time.sleep(1)
+
+
 def _unscorable_model(directory: Path) -> Path:
     """A model version that cannot score our events (trained for one feature more): what a
     release with the wrong model ships."""
@@ -106,6 +114,7 @@ def test_a_faulty_upgrade_is_rolled_back_by_the_slo_watch_and_nothing_is_lost(
     assert v2.stateful_steps == v1.stateful_steps  # the same graph: a model change keeps all state
     lifecycle.deploy(v1)
     LiveProducer(s, RATE * 6, RATE, seed=61).start().join()
+    _until_checkpointed(lifecycle)  # an upgrade of a job that has committed offsets
 
     point = lifecycle.upgrade(v2)
     assert (point.release, point.kind) == ("v1", "upgrade") and point.kafka_offsets
@@ -141,6 +150,7 @@ def test_a_manual_rollback_to_an_older_savepoint_is_exact(job: Settings, tmp_pat
     lifecycle = _lifecycle(s, tmp_path)
     lifecycle.deploy(_release(lifecycle, s, "v1"))
     LiveProducer(s, RATE * 4, RATE, seed=73).start().join()
+    _until_checkpointed(lifecycle)
     older = lifecycle.savepoint()
     LiveProducer(s, RATE * 4, RATE, seed=79).start().join()
     newer = lifecycle.savepoint()

@@ -180,7 +180,8 @@ class FlinkRest:
     def savepoint(self, job_id: str, target_dir: str, *, cancel_job: bool = False,
                   timeout_s: float = 300.0) -> str:
         """Take a canonical savepoint into ``target_dir`` (``file:///...``), optionally cancelling the
-        job in the same step (see the module docstring); returns the savepoint's path."""
+        job in the same step (see the module docstring; then it returns once the job is CANCELED);
+        returns the savepoint's path."""
         trigger = self._call("POST", f"/jobs/{job_id}/savepoints",
                              json={"target-directory": target_dir, "cancel-job": cancel_job,
                                    "formatType": "CANONICAL"})["request-id"]
@@ -193,6 +194,11 @@ class FlinkRest:
                     cause = operation["failure-cause"]
                     raise FlinkError(f"savepoint of job {job_id} failed: "
                                      f"{cause.get('stack-trace', cause)}"[:4000])
+                if cancel_job:
+                    # The savepoint completes before the job has finished cancelling: callers may
+                    # start its successor (the slots must be free) or check its state right away.
+                    self.wait_for_state(job_id, {"CANCELED"}, timeout_s,
+                                        fail_on=frozenset({"FAILED", "FINISHED"}))
                 return str(operation["location"])
             if time.monotonic() > deadline:
                 raise FlinkError(f"savepoint of job {job_id} not done after {timeout_s:.0f} s")

@@ -94,8 +94,6 @@ class LocalFlinkBackend:
             path = self.rest.savepoint(job_id, target, cancel_job=stop, timeout_s=self.timeout_s)
         except FlinkError as exc:
             raise LifecycleError(f"the {kind} savepoint of job {job_id} failed: {exc}") from exc
-        if stop:
-            self.rest.wait_for_state(job_id, {"CANCELED"}, self.timeout_s, fail_on=frozenset())
         _LOG.info("%s savepoint of job %s: %s", kind, job_id, path)
         return path
 

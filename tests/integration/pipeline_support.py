@@ -182,11 +182,12 @@ def refused_events(dead: list[tuple[int | None, int | None, str, bytes | None, s
         for kind in kinds:
             deadline = windows.deadline(kind, t, lateness.allowed_s)
             assert progress is not None and deadline <= progress, (
-                f"{event_id} refused by {kind} though its deadline was ahead of the topic's progress")
+                f"{event_id} refused by {kind} though its deadline {deadline} was ahead of the topic's "
+                f"progress {progress}: {detail}")
             assert deadline <= read_by[event_id] - bound_ms, (
                 f"{event_id} refused by {kind} (deadline {deadline}) though its partition had only "
                 f"reached {read_by[event_id]} where it was delivered: the watermark cannot have "
-                "passed its deadline when the step judged it")
+                f"passed its deadline when the step judged it: {detail}")
         refused[event_id] = kinds
     return refused
 

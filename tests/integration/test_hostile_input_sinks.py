@@ -24,7 +24,7 @@ import redis
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult
 from apache_beam.testing.util import assert_that, equal_to
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from streaming_analytics.db.migrate import migrate
@@ -164,12 +164,18 @@ def test_whatever_the_contract_admits_is_stored_and_streamed_exactly(
 
 #: An event whose aggregate the hostile test then breaks field by field.
 _PLAIN = Event("e", "view", 946_684_800_000, "u", "s", "i", "c", "DE", 1.0, "EUR", (0.0,) * 6)
+#: Any text a record can carry through a Beam pipeline: Beam's coders write text as strict UTF-8
+#: between steps, so a lone surrogate fails the step *before* a sink (no job can hand one to a
+#: sink; the contract refuses them at the door, tests/unit/test_hostile_input.py).
+_PIPELINE_TEXT = ANY_TEXT.map(lambda t: "".join(c for c in t if not 0xD800 <= ord(c) <= 0xDFFF))
 _ANY_NUMBER = (st.integers() | st.floats() | st.sampled_from([2**63, -(2**63) - 1, 2**64, float("nan"),
                                                               float("inf")]))
 
 
 @_SETTINGS
-@given(st.lists(st.tuples(ANY_TEXT, _ANY_NUMBER, _ANY_NUMBER), min_size=10, max_size=30))
+@given(st.lists(st.tuples(_PIPELINE_TEXT, _ANY_NUMBER, _ANY_NUMBER), min_size=10, max_size=30))
+@example(records=[("a\x00b", 2, float("nan")), ("\u202e", 2**64, 1.0),
+                  *[(f"k{i}", i, 1.5) for i in range(8)]])
 def test_no_record_a_sink_is_handed_fails_the_pipeline(target: tuple[Settings, str, str],
                                                        records: list[tuple[str, Any, Any]]) -> None:
     """Aggregates with any text as their key and any number as their count and sum: each one is

@@ -17,6 +17,7 @@ from pipelines.flink_job import deploy_jar
 from pipelines.flink_rest import TERMINAL_STATES, FlinkError, FlinkRest
 from pipelines.lifecycle.backend import LifecycleError
 from pipelines.lifecycle.model import JobStatus, Release, SavepointKind
+from pipelines.lifecycle.offsets import read_group_offsets
 
 _LOG = logging.getLogger(__name__)
 
@@ -123,16 +124,5 @@ def committed_offsets(bootstrap: str, group_id: str, topic: str) -> dict[str, in
     """The consumer group's committed offsets of ``topic`` (``partition -> next offset``): where a
     job restored from a savepoint taken now would go on reading (the Java Kafka read commits on
     every completed checkpoint, savepoints included)."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False)
-    try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        out = {}
-        for p in sorted(partitions):
-            committed = consumer.committed(TopicPartition(topic, p))
-            if committed is not None:
-                out[str(p)] = int(committed)
-        return out
-    finally:
-        consumer.close()
+    committed = read_group_offsets(bootstrap, group_id, topic).committed
+    return {str(p): offset for p, offset in committed.items()}

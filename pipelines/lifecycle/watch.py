@@ -205,21 +205,12 @@ def kafka_probe(settings: Settings) -> Probe:
     first: dict[str, float] = {}
 
     def kafka() -> dict[str, float | None]:
-        from kafka import KafkaConsumer, TopicPartition
+        from pipelines.lifecycle.offsets import read_group_offsets
 
-        consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=settings.consumer_group,
-                                 enable_auto_commit=False)
-        try:
-            tps = [TopicPartition(settings.topic_events, p)
-                   for p in sorted(consumer.partitions_for_topic(settings.topic_events) or ())]
-            ends = consumer.end_offsets(tps)
-            committed = {tp: consumer.committed(tp) or 0 for tp in tps}
-        finally:
-            consumer.close()
-        total = float(sum(committed.values()))
+        offsets = read_group_offsets(settings.kafka_bootstrap, settings.consumer_group, settings.topic_events)
+        total = float(sum(offsets.committed.values()))
         first.setdefault("committed", total)
-        return {"consumer_lag": float(sum(ends[tp] - committed[tp] for tp in tps)),
-                "consumed": total - first["committed"]}
+        return {"consumer_lag": float(offsets.lag), "consumed": total - first["committed"]}
 
     return kafka
 

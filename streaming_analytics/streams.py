@@ -87,8 +87,9 @@ class StreamEntry:
         )
 
 
-#: Panes of one window emitted within the same millisecond are told apart by their index, up to this.
-_INDEX_SLOTS: Final = 1000
+#: Panes of one window emitted within the same millisecond are told apart by their index, up to this
+#: (the Postgres sink orders rows the same way in SQL).
+PANE_INDEX_CAP: Final = 999
 
 
 def pane_revision(emitted_at_ms: int, pane_index: int) -> int:
@@ -103,7 +104,7 @@ def pane_revision(emitted_at_ms: int, pane_index: int) -> int:
     (After a restore a window may briefly show its restored state before the replayed events
     catch up; its last pane is complete.)
     """
-    return emitted_at_ms * _INDEX_SLOTS + min(pane_index, _INDEX_SLOTS - 1)
+    return emitted_at_ms * (PANE_INDEX_CAP + 1) + min(pane_index, PANE_INDEX_CAP)
 
 
 def is_newer(pane: int, last_seen_pane: int | None) -> bool:

@@ -60,13 +60,18 @@ def build_release(settings: Settings, store: LifecycleStore, name: str, pipeline
                   model_version: str | None = None) -> Release:
     """Write the job jar of release ``name`` from this checkout (with ``pipeline_args``) into the
     lifecycle directory and record the release with its stateful steps."""
+    jar = store.root / "releases" / f"{name}.jar"
+    jar.parent.mkdir(parents=True, exist_ok=True)
+    write_job_jar(settings, jar, pipeline_args)
+    return register_release(store, name, jar, model_version=model_version, copy=False)
+
+
+def write_job_jar(settings: Settings, jar: Path, pipeline_args: list[str]) -> None:
+    """This checkout's job on Flink as a portable job jar at ``jar``."""
     from pipelines.analytics_pipeline import run
     from pipelines.runners import runner_args
 
-    jar = store.root / "releases" / f"{name}.jar"
-    jar.parent.mkdir(parents=True, exist_ok=True)
     run([*runner_args("flink", settings), *pipeline_args, f"--job_jar={jar}"], settings=settings)
-    return register_release(store, name, jar, model_version=model_version, copy=False)
 
 
 def register_release(store: LifecycleStore, name: str, jar: Path, *, image: str | None = None,
@@ -224,15 +229,11 @@ def _check_state(args: argparse.Namespace, settings: Settings) -> int:
     if args.jar is not None:
         steps = compat.stateful_steps(compat.job_jar_pipeline(args.jar))
     else:
-        from pipelines.analytics_pipeline import run
-        from pipelines.runners import runner_args
-
         with tempfile.TemporaryDirectory(prefix="sa-check-state-") as tmp:
             jar = Path(tmp) / "job.jar"
             # The production jar's build (make job-jar): endpoints and model are the workers', so
             # neither a model nor the services are needed here; the graph and its UIDs are the same.
-            run([*runner_args("flink", settings), "--endpoints=workers", f"--job_jar={jar}"],
-                settings=settings)
+            write_job_jar(settings, jar, ["--endpoints=workers"])
             steps = compat.stateful_steps(compat.job_jar_pipeline(jar))
     if args.write:
         compat.dump(steps, STATE_LOCK, args.write)

@@ -47,6 +47,7 @@ from psycopg2.extras import execute_values
 
 from streaming_analytics.db.migrate import check_schema_name
 from streaming_analytics.settings import worker_value
+from streaming_analytics.streams import PANE_INDEX_CAP
 from transforms import metrics
 from transforms.records import DeadLetter
 from transforms.retry import RetryPolicy, call_with_retry
@@ -222,8 +223,8 @@ class _AggregateUpsertFn(_PostgresWriteFn):
     ON_CONFLICT = (
         "ON CONFLICT (kind, dimension, dimension_key, window_start, window_end) DO UPDATE SET "
         + ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS[_PANE:])
-        + ", updated_at = now() WHERE (t.emitted_at, LEAST(t.pane_index, 999))"
-        " < (EXCLUDED.emitted_at, LEAST(EXCLUDED.pane_index, 999))"
+        + f", updated_at = now() WHERE (t.emitted_at, LEAST(t.pane_index, {PANE_INDEX_CAP}))"
+        f" < (EXCLUDED.emitted_at, LEAST(EXCLUDED.pane_index, {PANE_INDEX_CAP}))"
     )
 
     def convert(self, element: Any) -> Row:
@@ -245,7 +246,7 @@ class _AggregateUpsertFn(_PostgresWriteFn):
 
     def _revision(self, row: Row) -> tuple[Any, int]:
         # The SQL guard's order: (emitted_at, index capped as in pane_revision).
-        return row[-1], min(row[self._PANE], 999)
+        return row[-1], min(row[self._PANE], PANE_INDEX_CAP)
 
 
 class _AlertInsertFn(_PostgresWriteFn):

@@ -92,9 +92,9 @@ class AnalyticsOptions(PipelineOptions):
                             help="How far beyond the deadline of its newest event a dedup shard keeps "
                                  "learning the watermark (default 3600); bounds the work when the "
                                  "watermark jumps to the end of the input.")
-        parser.add_argument("--late_gate_rungs", type=int, default=None,
-                            help="Timers per ladder of the late-data rule (default: 1 on Prism, whose "
-                                 "dynamically tagged timers fired early, else 32; docs/pipeline.md).")
+        parser.add_argument("--late_gate_rungs", type=int, default=DEFAULT_RUNGS,
+                            help="Timers per ladder of the late-data rule (default 32; 1 is the plain "
+                                 "chain of one timer per shard; docs/pipeline.md, \"Late data\").")
         parser.add_argument("--dedup_horizon_s", type=float, default=DEFAULT_HORIZON_S,
                             help="How far back in event time duplicates are recognised (default 600); "
                                  "must cover window size + allowed lateness + margin.")
@@ -137,7 +137,7 @@ def event_time_aggregates(options: AnalyticsOptions) -> EventTimeAggregates:
         early_firing_delay_s=options.early_firing_delay_s if streaming else None,
         allowed_lateness_s=options.allowed_lateness_s, late_gate_margin_s=options.late_gate_margin_s,
         late_gate_lookahead_s=options.late_gate_lookahead_s,
-        late_gate_rungs=options.late_gate_rungs or (1 if on_prism(options) else DEFAULT_RUNGS),
+        late_gate_rungs=options.late_gate_rungs,
         dimensions=parse_dimensions(options.dimensions),
         dedup_horizon_s=options.dedup_horizon_s, dedup_shards=options.dedup_shards,
     )
@@ -323,10 +323,6 @@ def run(argv: list[str] | None = None, *, settings: Settings | None = None,
     if wait:
         result.wait_until_finish()
     return result
-
-
-def on_prism(options: PipelineOptions) -> bool:
-    return str(options.view_as(StandardOptions).runner or "").lower() in {"prismrunner", "prism"}
 
 
 def on_flink(options: PipelineOptions) -> bool:

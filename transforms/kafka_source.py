@@ -73,6 +73,8 @@ _CLIENT_TIMEOUTS: Final[dict[str, int]] = {"request_timeout_ms": 15_000, "reconn
 #: Per-bundle caps of a bounded read: effectively none (see ReadFromKafka).
 _UNCAPPED_RECORDS: Final = 2**31 - 1
 _UNCAPPED_SECONDS: Final = 24 * 3600.0
+#: Resume delay of a partition that had no data (ReadFromKafka says why it must be 0).
+_NO_RESUME_DELAY_S: Final = 0.0
 _TIME_FIELD: Final = b'"event_time_ms"'
 #: After the first ``"event_time_ms"``: separators, then 1-15 digits not followed by another digit
 #: or by ``.``/``e``/``E`` (a float). One match instead of a byte-by-byte loop in Python.
@@ -578,20 +580,27 @@ class KafkaPartitionReader(UnboundedReader):
 
 
 class ReadFromKafka(beam.PTransform[Any, Any]):
-    """Read a topic as timestamped :class:`KafkaRecord` elements (see the module docstring)."""
+    """Read a topic as timestamped :class:`KafkaRecord` elements (see the module docstring).
+
+    A partition with no data right now self-checkpoints with **no resume delay** (Beam's
+    ``poll_interval`` 0; the reader's own poll already waits ``poll_timeout_ms``). Prism sets the
+    source's watermark from the residuals of the bundle that finished last, and parks a delayed
+    residual outside the bundles that follow: the watermark would then run ahead of a partition
+    that paused, and its next records would be late (issue 9's Prism finding, pinned by
+    tests/integration/test_prism_source_watermark.py). Without a delay every bundle holds every
+    partition's residual, so the watermark is the minimum over all partitions.
+    """
 
     def __init__(self, *, bootstrap: str, topic: str, group_id: str | None = None,
                  start: str = "committed", max_out_of_orderness_ms: int = 5_000,
                  idle_timeout_s: float | None = 5.0, bounded: bool = False,
-                 max_records_per_bundle: int = 5_000, max_read_time_s: float = 1.0,
-                 poll_interval_s: float = 0.05) -> None:
+                 max_records_per_bundle: int = 5_000, max_read_time_s: float = 1.0) -> None:
         super().__init__()
         self._config = KafkaSourceConfig(bootstrap=bootstrap, topic=topic, group_id=group_id, start=start,
                                          max_out_of_orderness_ms=max_out_of_orderness_ms,
                                          idle_timeout_s=idle_timeout_s, bounded=bounded)
         self._max_records_per_bundle = max_records_per_bundle
         self._max_read_time_s = max_read_time_s
-        self._poll_interval_s = poll_interval_s
 
     def expand(self, pbegin: PBegin) -> PCollection[KafkaRecord]:
         # A bounded read does not self-checkpoint: each partition is one bundle up to its stop
@@ -601,7 +610,7 @@ class ReadFromKafka(beam.PTransform[Any, Any]):
         bounded = self._config.bounded
         records: PCollection[KafkaRecord] = pbegin | "ReadUnboundedKafka" >> ReadFromUnboundedSource(
             KafkaPartitionSource(self._config),
-            poll_interval=self._poll_interval_s,
+            poll_interval=_NO_RESUME_DELAY_S,
             max_records_per_bundle=_UNCAPPED_RECORDS if bounded else self._max_records_per_bundle,
             max_read_time_seconds=_UNCAPPED_SECONDS if bounded else self._max_read_time_s,
         )

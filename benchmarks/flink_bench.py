@@ -91,7 +91,8 @@ def latency(seconds: float, rate: float, early_delay_s: float) -> dict[str, Any]
         job, _ = _submit(s, name, "--kafka_start=latest", f"--early_firing_delay_s={early_delay_s}")
         try:
             time.sleep(5)  # the readers position themselves at "latest" when their tasks start
-            _send_live(s, WARMUP_S, rate)  # not measured: one-time costs (model load, first bundles)
+            # Not measured: one-time costs (model load, first bundles).
+            _send_live(s, WARMUP_S, rate, probe_prefix="warmup", seed=8)
             probes = _send_live(s, seconds, rate)
             time.sleep(3 + early_delay_s)
             latencies = sorted(_probe_latencies(s, probes))

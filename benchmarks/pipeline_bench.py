@@ -193,7 +193,7 @@ def latency(seconds: float, rate: float, early_delay_s: float) -> dict[str, Any]
             # Warm-up, not measured: the first events through each stage pay one-time costs
             # (the SDK worker importing TensorFlow and loading the model for ScoreEvents, ~2-3 s)
             # that would otherwise land on the first probes as a steady-state tail.
-            _send_live(s, WARMUP_S, rate)
+            _send_live(s, WARMUP_S, rate, probe_prefix="warmup", seed=8)
             probes = _send_live(s, seconds, rate)
             time.sleep(3 + early_delay_s)
             latencies = _probe_latencies(s, probes)
@@ -222,8 +222,15 @@ def _wait_for_job(s: Settings, schema: str, timeout_s: float = 60) -> None:
     raise TimeoutError("the job did not start")
 
 
-def _send_live(s: Settings, seconds: float, rate: float) -> dict[str, float]:
-    generator = EventGenerator(GeneratorConfig(seed=9, fractions=dataclasses.replace(
+def _send_live(s: Settings, seconds: float, rate: float, *, probe_prefix: str = "probe",
+               seed: int = 9) -> dict[str, float]:
+    """Live events at ``rate`` for ``seconds``, with one probe per second: a valid event whose
+    category ``<probe_prefix>-<n>`` is its own, so its first aggregate is recognisable. Returns each
+    probe's category and produce time. Calls into one job need their own prefix *and* seed: the
+    latency of a probe is measured to the first entry of its category, and the same seed repeats the
+    same event ids, which the job drops as duplicates (measured probes of a warm-up with the same
+    seed never reached the aggregates)."""
+    generator = EventGenerator(GeneratorConfig(seed=seed, fractions=dataclasses.replace(
         GeneratorConfig().fractions, late=0, too_late=0, out_of_order=0)))
     producer = KafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks=1, linger_ms=0)
     probes: dict[str, float] = {}
@@ -233,7 +240,7 @@ def _send_live(s: Settings, seconds: float, rate: float) -> dict[str, float]:
     while time.monotonic() - start < seconds:
         now = time.monotonic()
         if now >= next_probe:
-            category = f"probe-{len(probes)}"
+            category = f"{probe_prefix}-{len(probes)}"
             event = _valid_event(generator, category)
             probes[category] = time.time()
             producer.send(s.topic_events, key=b"probe", value=event)

@@ -44,6 +44,8 @@ class FlinkJobOptions(PipelineOptions):
     def _add_argparse_args(cls, parser: Any) -> None:
         parser.add_argument("--checkpointing_interval", type=int, default=None,
                             help="Flink: checkpoint interval in ms (SA_FLINK_CHECKPOINT_INTERVAL_S).")
+        parser.add_argument("--max_bundle_time_mills", type=int, default=None,
+                            help="Flink: longest a bundle stays open, in ms (SA_FLINK_MAX_BUNDLE_TIME_MS).")
         parser.add_argument("--finish_bundle_before_checkpointing", action="store_true", default=None,
                             help="Flink: finish the open bundle before a checkpoint barrier goes on.")
         parser.add_argument("--externalized_checkpoints_enabled", action="store_true", default=None,
@@ -81,6 +83,9 @@ def runner_args(runner: str, settings: Settings) -> list[str]:
                 f"--flink_job_server_jar={jar}", "--environment_type=EXTERNAL",
                 f"--environment_config={settings.beam_worker_pool}", "--streaming",
                 f"--checkpointing_interval={settings.flink_checkpoint_interval_s * 1000}",
+                # Every Python stage holds its output until its bundle closes (by size or by time):
+                # at a live rate the time bound is on the latency path once per stage.
+                f"--max_bundle_time_mills={settings.flink_max_bundle_time_ms}",
                 # A bundle open while a checkpoint barrier arrives can stall the checkpoint (seen with
                 # one-shot stages); finishing it first keeps checkpoints short and regular.
                 "--finish_bundle_before_checkpointing",

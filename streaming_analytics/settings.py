@@ -141,6 +141,10 @@ class Settings:
         "SA_FLINK_CHECKPOINT_INTERVAL_S", "10",
         "Checkpoint interval of the job on Flink, in seconds (offsets are committed per checkpoint).",
         parse=_positive_int))
+    flink_max_bundle_time_ms: int = field(metadata=_env(
+        "SA_FLINK_MAX_BUNDLE_TIME_MS", "250",
+        "Longest a bundle of the job on Flink stays open, in ms (Beam's --max_bundle_time_mills): on "
+        "the latency path of every Python stage.", parse=_positive_int))
     beam_worker_pool: str = field(metadata=_env(
         "SA_BEAM_WORKER_POOL", "127.0.0.1:50000",
         "Python SDK worker pool (EXTERNAL environment) the Flink TaskManager starts workers from."))

@@ -22,7 +22,7 @@ import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Final
 from urllib.parse import urlsplit
 
 from devstack.stack.process import ProcessSpec, free_port, port_is_free, wait_until
@@ -596,6 +596,10 @@ class Generator(Component):
         return {"Events (kcat)": f"kcat -b {ctx.endpoints['SA_KAFKA_BOOTSTRAP']} -t {topic} -C -o end"}
 
 
+#: In the pipeline's data dir: the runner the job was started on (read by status and health).
+RUNNER_FILE: Final = "runner"
+
+
 class Pipeline(Component):
     """The streaming job (``pipelines.analytics_pipeline``) on ``SA_PIPELINE_RUNNER``."""
 
@@ -620,6 +624,8 @@ class Pipeline(Component):
                         "--model-dir", str(settings.model_dir)],
                        env={**os.environ, **_child_env(ctx)}, check=True, capture_output=True)
         job_args = [*runner, *shlex.split(ctx.setting("SA_PIPELINE_ARGS"))]
+        # `make status` from another shell may not have SA_PIPELINE_RUNNER set as `make run` had.
+        (ctx.data_dir("pipeline") / RUNNER_FILE).write_text(ctx.setting("SA_PIPELINE_RUNNER"))
         if self._on_flink(ctx):
             # The job runs on the cluster; this process follows it and, on `make stop`, takes the
             # savepoint the next `make run` resumes from (pipelines/flink_job.py).
@@ -631,8 +637,13 @@ class Pipeline(Component):
         return [ProcessSpec("pipeline", argv, env=_child_env(ctx), stop_timeout_s=30)]
 
     @staticmethod
-    def _on_flink(ctx: StackContext) -> bool:
-        return ctx.setting("SA_PIPELINE_RUNNER") == "flink"
+    def _runner(ctx: StackContext) -> str:
+        """The runner the running job was started on (recorded at start), else the setting."""
+        recorded = ctx.data_dir("pipeline") / RUNNER_FILE
+        return recorded.read_text().strip() if recorded.exists() else ctx.setting("SA_PIPELINE_RUNNER")
+
+    def _on_flink(self, ctx: StackContext) -> bool:
+        return self._runner(ctx) == "flink"
 
     def healthy(self, ctx: StackContext) -> bool:
         if self._on_flink(ctx):
@@ -654,7 +665,7 @@ class Pipeline(Component):
 
     def urls(self, ctx: StackContext) -> dict[str, str]:
         prefix = ctx.setting("SA_REDIS_STREAM_PREFIX")
-        urls = {"Pipeline": f"runner {ctx.setting('SA_PIPELINE_RUNNER')}; PostgreSQL tables `aggregates`, "
+        urls = {"Pipeline": f"runner {self._runner(ctx)}; PostgreSQL tables `aggregates`, "
                             f"`alerts`, `dead_letters`; Redis streams `{prefix}aggregates.*`, "
                             f"`{prefix}alerts`; model versions in {ctx.setting('SA_MODEL_DIR')}"}
         if self._on_flink(ctx):

@@ -1,0 +1,28 @@
+"""`make status` tells the runner the job was started on, whatever the shell asking has set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from devstack.stack.components import RUNNER_FILE, Pipeline, StackContext
+
+
+def _context(tmp_path: Path, runner: str | None) -> StackContext:
+    environ = {} if runner is None else {"SA_PIPELINE_RUNNER": runner}
+    return StackContext(tmp_path, tmp_path / "tools", environ,
+                        endpoints={"SA_FLINK_REST_URL": "http://127.0.0.1:9"})
+
+
+def test_status_reports_the_recorded_runner_not_the_asking_shells(tmp_path: Path) -> None:
+    # `SA_PIPELINE_RUNNER=prism make run`, then `make status` from a shell without the variable.
+    (tmp_path / "data" / "pipeline").mkdir(parents=True)
+    (tmp_path / "data" / "pipeline" / RUNNER_FILE).write_text("prism")
+    urls = Pipeline().urls(_context(tmp_path, None))
+    assert urls["Pipeline"].startswith("runner prism;")
+    assert "Flink job" not in urls  # a Prism job has no Flink job to look up
+
+
+def test_without_a_record_the_setting_decides(tmp_path: Path) -> None:
+    urls = Pipeline().urls(_context(tmp_path, "flink"))
+    assert urls["Pipeline"].startswith("runner flink;")
+    assert urls["Flink job"] == "not submitted yet"

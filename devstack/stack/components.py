@@ -575,8 +575,14 @@ class Generator(Component):
     start_timeout_s = 30.0
 
     def prepare(self, ctx: StackContext) -> list[ProcessSpec]:
+        import secrets
+
         rate = ctx.setting("SA_RUN_GENERATOR_RATE")
-        argv = [sys.executable, "-m", "devstack.generator", "--rate", rate, "--realtime"]
+        # A new seed per start: the same seed repeats the same event ids, which a job restored from
+        # its savepoint drops as duplicates (and whose alerts Postgres already has). The seed is in
+        # the command line, so the log and `ps` show how to replay a run.
+        seed = str(secrets.randbelow(2**31))
+        argv = [sys.executable, "-m", "devstack.generator", "--rate", rate, "--realtime", "--seed", seed]
         return [ProcessSpec("generator", argv, env=_child_env(ctx))]
 
     def healthy(self, ctx: StackContext) -> bool:

@@ -1,4 +1,5 @@
-"""`make status` tells the runner the job was started on, whatever the shell asking has set."""
+"""The stack's app components: `make status` tells the runner the job was started on, whatever the
+shell asking has set; the generator never repeats a run's event ids."""
 
 from __future__ import annotations
 
@@ -26,3 +27,16 @@ def test_without_a_record_the_setting_decides(tmp_path: Path) -> None:
     urls = Pipeline().urls(_context(tmp_path, "flink"))
     assert urls["Pipeline"].startswith("runner flink;")
     assert urls["Flink job"] == "not submitted yet"
+
+
+def test_each_generator_start_has_its_own_seed(tmp_path: Path) -> None:
+    """The same seed repeats the same event ids: a job restored from its savepoint would drop a
+    restarted generator's events as duplicates."""
+    from devstack.stack.components import Generator
+
+    ctx = _context(tmp_path, None)
+    seeds = set()
+    for _ in range(5):
+        (spec,) = Generator().prepare(ctx)
+        seeds.add(spec.argv[spec.argv.index("--seed") + 1])
+    assert len(seeds) == 5

@@ -184,3 +184,53 @@ class _WindowStart(beam.DoFn):  # type: ignore[misc]
     def process(self, kv: tuple[str, int], w: object = beam.DoFn.WindowParam) -> object:
         yield int(w.start), kv[1]  # type: ignore[attr-defined]
 
+
+
+def test_the_progress_a_runner_splits_by_is_finite_in_every_state(settings: Settings,
+                                                                  unique_name: str) -> None:
+    """Issue 8's Prism crash was ``cannot convert float NaN to integer`` in the SDK's split
+    arithmetic (``_compute_split``), fed by an SDF's reported progress. The source's progress, as
+    the SDK hands it to that arithmetic (the tracker's progress with the bytes emitted as completed
+    work), must be a finite fraction in [0, 1] before the first record, while reading, at a
+    self-checkpoint and after it, and a split request at any fraction must be answered."""
+    import math
+
+    from apache_beam.io.unbounded_source import _UnboundedSourceRestrictionProvider
+    from apache_beam.runners.worker.bundle_processor import DataInputOperation
+
+    produce(settings, unique_name, partitions=1, per_partition=20)
+    (source,) = KafkaPartitionSource(config(settings, unique_name)).split(1)
+    provider = _UnboundedSourceRestrictionProvider()
+    tracker = provider.create_tracker(provider.initial_restriction(source))
+    emitted_bytes = 0
+    fractions = []
+
+    def check() -> None:
+        progress = tracker.current_progress().with_completed(emitted_bytes)
+        fraction = progress.fraction_completed
+        assert math.isfinite(fraction) and 0.0 <= fraction <= 1.0, progress
+        fractions.append(fraction)
+        for fraction_of_remainder in (0.0, 0.25, 0.5, 1.0):
+            DataInputOperation._compute_split(0, fraction, 1, fraction_of_remainder, 1)
+
+    check()
+    claimed = 0
+    deadline = time.monotonic() + 30
+    while claimed < 10:
+        assert time.monotonic() < deadline, f"{claimed} records claimed in 30 s"
+        holder: list[object] = [None]
+        assert tracker.try_claim(holder)
+        if isinstance(holder[0], tuple):
+            claimed += 1
+            emitted_bytes += len(holder[0][0].value or b"")
+        check()
+    assert tracker.try_split(0.5) is None  # only self-checkpoints; a dynamic split is declined
+    check()
+    split = tracker.try_split(0)
+    assert split is not None
+    check()
+    residual = provider.create_tracker(split[1])
+    tracker = residual
+    check()
+    tracker._close_reader_if_open()
+    assert len(fractions) >= 14

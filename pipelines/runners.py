@@ -29,6 +29,8 @@ FLINK_RUNNER_JAR: Final = "sa-beam-flink-1.19-2.62.0.jar"
 FLINK_LIB_JAR: Final = "sa-beam-flink-lib-1.19-2.62.0.jar"
 #: The base of our job jars: JobJarMain only, the runner itself comes from the cluster's lib/.
 FLINK_JOB_BASE_JAR: Final = "sa-beam-flink-job-base-1.19-2.62.0.jar"
+#: How long a job on Prism may run before Beam's job-state stream gives up (see runner_args).
+PRISM_JOB_STREAM_DEADLINE_S: Final = 10 * 365 * 24 * 3600
 #: Main class of our expansion service (binds loopback; Beam's stock one binds every interface).
 EXPANSION_SERVER_MAIN: Final = "org.streaminganalytics.flink.LoopbackExpansionServer"
 
@@ -70,9 +72,12 @@ def runner_args(runner: str, settings: Settings) -> list[str]:
         # No SDF splits: Prism 2.77 splits bundles of stateful stages with timers wrongly
         # (apache/beam#35771: events counted twice), and a split of the Kafka source's bundle
         # can fail in the SDK (`cannot convert float NaN to integer` in _compute_split).
+        # Beam's portable runner opens the job's state and message streams with the job server
+        # timeout as their *deadline*: at the default (300 s) every streaming job on Prism ended
+        # after five minutes with DEADLINE_EXCEEDED (tests/integration/test_prism_job_lifetime.py).
         return ["--runner=PrismRunner", f"--prism_location={prism}", "--environment_type=LOOPBACK",
                 "--experiments=disable_prism_server_singleton", "--experiments=prism_disable_sdf_split",
-                "--streaming"]
+                f"--job_server_timeout={PRISM_JOB_STREAM_DEADLINE_S}", "--streaming"]
     if runner == "direct":
         return ["--runner=DirectRunner"]
     if runner == "flink":

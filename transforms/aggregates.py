@@ -44,9 +44,10 @@ the windows below only ever see what it admitted. Flink savepoints bind state to
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
 import apache_beam as beam
@@ -306,8 +307,14 @@ class Aggregate:
         return window_key(self.kind, self.dimension, self.key, self.window_start_ms, self.window_end_ms)
 
     def to_dict(self) -> dict[str, Any]:
-        """The payload as a JSON-ready dict."""
-        return asdict(self)
+        """The payload as a JSON-ready dict: what ``dataclasses.asdict`` returns (every field is an
+        immutable scalar) without its recursive deep copy, which cost ~25 µs per pane, more than ten
+        times this — and every pane is converted once per sink."""
+        return {name: getattr(self, name) for name in _AGGREGATE_FIELDS}
+
+
+#: :class:`Aggregate`'s field names, in order (:meth:`Aggregate.to_dict`).
+_AGGREGATE_FIELDS: Final = tuple(f.name for f in dataclasses.fields(Aggregate))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -368,8 +368,9 @@ class KubernetesBackend:
             parts.append(f"last operator-triggered checkpoint at {checkpoint_ms} ms")
         if seen.error:
             parts.append(f"error: {seen.error}")
+        started = _at(obj, "status", "jobStatus", "startTime")
         return JobStatus(state=state, release=annotations.get(RELEASE_ANNOTATION), job_id=seen.job_id,
-                         detail="; ".join(parts))
+                         started_ms=int(started) if started else None, detail="; ".join(parts))
 
     def _update(self, action: str, build: Callable[[Manifest], Manifest]) -> tuple[int, Manifest]:
         """Read the deployment, ``build`` a JSON merge patch from it (``build`` raises to refuse) and

@@ -68,6 +68,7 @@ class LocalFlinkBackend:
         return JobStatus(state=state, job_id=job_id, release=self._released.get(job_id),
                          checkpoints_completed=counts.completed, checkpoints_failed=counts.failed,
                          last_checkpoint_ms=counts.latest.end_ms if counts.latest else None,
+                         started_ms=int(job["start-time"]) if job.get("start-time") else None,
                          restarts=self.rest.restarts(job_id), detail=detail)
 
     def deploy(self, release: Release, *, savepoint: str | None = None,

@@ -101,7 +101,8 @@ class SavepointRecord:
 class JobStatus:
     """The job as a backend sees it. ``state``: Flink's job state (``RUNNING``, ``FAILED``, ...) or
     ``MISSING`` when no job of ours is deployed; ``release``: the release deployed; checkpoint
-    counts, the newest completed checkpoint's end time (ms) and the job's restarts, when known."""
+    counts, the newest completed checkpoint's end time (ms), when the job started (ms) and its
+    restarts, when known."""
 
     state: str
     release: str | None = None
@@ -109,6 +110,7 @@ class JobStatus:
     checkpoints_completed: int = 0
     checkpoints_failed: int = 0
     last_checkpoint_ms: int | None = None
+    started_ms: int | None = None
     restarts: int | None = None
     detail: str | None = None
 

@@ -7,8 +7,9 @@ dead-letters every event, or stops checkpointing, or falls behind, passes that c
 looks at what the platform promises instead:
 
 * the job is running (not failing, restarting or gone) — checked on every sample;
-* checkpoints complete: the newest completed one is at most ``max_checkpoint_age_s`` old, and no
-  more than ``max_failed_checkpoints`` failed since the watch began;
+* checkpoints complete: the newest completed one (or, before the first, the job's start) is at
+  most ``max_checkpoint_age_s`` old, and no more than ``max_failed_checkpoints`` failed since the
+  watch began;
 * consumer lag: records in the topic the job's group has not committed, at most ``max_consumer_lag``;
 * dead-letter ratio: dead letters written since the watch began per record consumed since then
   (a release that refuses what the previous one took), at most ``max_dead_letter_ratio``;
@@ -189,8 +190,10 @@ def job_probe(lifecycle: Lifecycle) -> Probe:
         out: dict[str, float | None] = {"running": 1.0 if status.running else 0.0}
         first.setdefault("failed", status.checkpoints_failed)
         out["failed_checkpoints"] = status.checkpoints_failed - first["failed"]
-        out["checkpoint_age_s"] = (None if status.last_checkpoint_ms is None
-                                   else max(0.0, time.time() - status.last_checkpoint_ms / 1000))
+        # A job with no completed checkpoint yet (just started, or restored from a savepoint) is
+        # as far behind as it is old: that is known, and healthy until it exceeds the limit.
+        last_ms = status.last_checkpoint_ms if status.last_checkpoint_ms is not None else status.started_ms
+        out["checkpoint_age_s"] = None if last_ms is None else max(0.0, time.time() - last_ms / 1000)
         if status.restarts is not None:
             first.setdefault("restarts", status.restarts)
             out["restarts"] = status.restarts - first["restarts"]

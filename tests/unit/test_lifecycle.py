@@ -21,7 +21,7 @@ from pipelines.lifecycle.backend import LifecycleError
 from pipelines.lifecycle.catalogue import Deployment, LifecycleStore
 from pipelines.lifecycle.model import JobStatus, Release, SavepointKind, SavepointRecord, Versions
 from pipelines.lifecycle.service import Lifecycle
-from pipelines.lifecycle.watch import SloWatch, Thresholds, breaches
+from pipelines.lifecycle.watch import SloWatch, Thresholds, breaches, job_probe
 
 # --- compat: stateful operators and their Flink UIDs -------------------------------------------------
 _COUNT = beam.DoFn.StateParam(ReadModifyWriteStateSpec("count", VarIntCoder()))
@@ -351,3 +351,31 @@ def test_thresholds_come_from_the_command_line() -> None:
     t = Thresholds.from_args(args)
     assert (t.duration_s, t.max_dead_letter_ratio, t.max_restarts, t.grace_s) == (30.0, 0.5, 2, 60.0)
     assert json.dumps(t.__dict__)
+
+
+@pytest.mark.parametrize(("last_checkpoint_s_ago", "started_s_ago", "expected_age_s"), [
+    (5, 3600, 5),        # the newest completed checkpoint decides
+    (None, 20, 20),      # none yet (just started or restored): as old as the job
+    (None, None, None),  # nothing known: unknown, which counts after the grace
+])
+def test_the_checkpoint_age_of_a_job_without_a_checkpoint_yet_is_its_own_age(
+        last_checkpoint_s_ago: float | None, started_s_ago: float | None,
+        expected_age_s: float | None) -> None:
+    """A release restored from its savepoint has no checkpoint of its own for a checkpoint interval
+    or more; reading that as "unknown" made the watch roll back a healthy upgrade (seen in CI)."""
+    import time
+    from types import SimpleNamespace
+
+    now_ms = time.time() * 1000
+
+    def ago(s: float | None) -> int | None:
+        return None if s is None else int(now_ms - s * 1000)
+
+    status = JobStatus(state="RUNNING", last_checkpoint_ms=ago(last_checkpoint_s_ago),
+                       started_ms=ago(started_s_ago))
+    probe = job_probe(SimpleNamespace(backend=SimpleNamespace(status=lambda: status)))
+    age = probe()["checkpoint_age_s"]
+    if expected_age_s is None:
+        assert age is None
+    else:
+        assert age is not None and abs(age - expected_age_s) < 2

@@ -84,6 +84,13 @@ def _until_checkpointed(lifecycle: Lifecycle, timeout_s: float = 120) -> None:
         time.sleep(1)
 
 
+def _until_committed_beyond(lifecycle: Lifecycle, total: int, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while sum(lifecycle.backend.offsets().values()) <= total:
+        assert time.monotonic() < deadline, f"the job committed no offset beyond {total}"
+        time.sleep(1)
+
+
 def _unscorable_model(directory: Path) -> Path:
     """A model version that cannot score our events (trained for one feature more): what a
     release with the wrong model ships."""
@@ -153,6 +160,9 @@ def test_a_manual_rollback_to_an_older_savepoint_is_exact(job: Settings, tmp_pat
     _until_checkpointed(lifecycle)
     older = lifecycle.savepoint()
     LiveProducer(s, RATE * 4, RATE, seed=79).start().join()
+    # The catalogue records the group's committed offsets, which the job commits when a checkpoint
+    # completes: wait until it has committed some of the second batch before the newer savepoint.
+    _until_committed_beyond(lifecycle, sum(older.kafka_offsets.values()))
     newer = lifecycle.savepoint()
     assert [r.path for r in lifecycle.savepoints()] == [newer.path, older.path]
     assert sum(newer.kafka_offsets.values()) > sum(older.kafka_offsets.values()) > 0

@@ -42,7 +42,6 @@ from transforms.aggregates import EventTimeAggregates, parse_dimensions
 from transforms.dedup import DEFAULT_HORIZON_S, DEFAULT_SHARDS
 from transforms.kafka_java_source import ReadFromKafkaJava
 from transforms.kafka_source import ReadFromKafka
-from transforms.late_data import DEFAULT_RUNGS
 from transforms.parse import ParseEvents
 from transforms.scoring import DEFAULT_REFRESH_INTERVAL_S, DEFAULT_THRESHOLD, ScoreEvents
 from transforms.sinks.kafka import WriteDeadLettersToKafka
@@ -92,9 +91,6 @@ class AnalyticsOptions(PipelineOptions):
                             help="How far beyond the deadline of its newest event a dedup shard keeps "
                                  "learning the watermark (default 3600); bounds the work when the "
                                  "watermark jumps to the end of the input.")
-        parser.add_argument("--late_gate_rungs", type=int, default=DEFAULT_RUNGS,
-                            help="Timers per ladder of the late-data rule (default 32; 1 is the plain "
-                                 "chain of one timer per shard; docs/pipeline.md, \"Late data\").")
         parser.add_argument("--dedup_horizon_s", type=float, default=DEFAULT_HORIZON_S,
                             help="How far back in event time duplicates are recognised (default 600); "
                                  "must cover window size + allowed lateness + margin.")
@@ -137,7 +133,6 @@ def event_time_aggregates(options: AnalyticsOptions) -> EventTimeAggregates:
         early_firing_delay_s=options.early_firing_delay_s if streaming else None,
         allowed_lateness_s=options.allowed_lateness_s, late_gate_margin_s=options.late_gate_margin_s,
         late_gate_lookahead_s=options.late_gate_lookahead_s,
-        late_gate_rungs=options.late_gate_rungs,
         dimensions=parse_dimensions(options.dimensions),
         dedup_horizon_s=options.dedup_horizon_s, dedup_shards=options.dedup_shards,
     )

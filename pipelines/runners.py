@@ -70,8 +70,7 @@ def runner_args(runner: str, settings: Settings) -> list[str]:
         # Beam shares one Prism job server per process, created by whoever asks first (a
         # DirectRunner would ask for the released binary, which cannot be downloaded here).
         # No SDF splits: Prism 2.77 splits bundles of stateful stages with timers wrongly
-        # (apache/beam#35771: events counted twice), and a split of the Kafka source's bundle
-        # can fail in the SDK (`cannot convert float NaN to integer` in _compute_split).
+        # (apache/beam#35771: events counted twice).
         # Beam's portable runner opens the job's state and message streams with the job server
         # timeout as their *deadline*: at the default (300 s) every streaming job on Prism ended
         # after five minutes with DEADLINE_EXCEEDED (tests/integration/test_prism_job_lifetime.py).

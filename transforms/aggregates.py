@@ -69,7 +69,7 @@ from transforms.dedup import (
     DeduplicateEvents,
     admitted_tag,
 )
-from transforms.late_data import DEFAULT_RUNGS, Deadlines, LateDataRule
+from transforms.late_data import Deadlines, LateDataRule
 from transforms.sketches import HyperLogLog, QuantileSketch
 from transforms.windowing import GLOBAL_WINDOWS
 
@@ -612,12 +612,6 @@ class EventTimeAggregates(beam.PTransform[Any, Any]):
     lateness, margin, lookahead and dimensions are the tunables of docs/pipeline.md; ``clock`` stamps
     ``emitted_at_ms`` and the dead letters' ``failed_at_ms`` (tests inject one).
 
-    ``late_gate_rungs``: timers per ladder of the late-data rule (transforms/late_data.py). A ladder
-    is what Flink needs, which fires a timer a bundle set only after that bundle; a runner that
-    fires due timers at once (Prism, the DirectRunner) learns as fast with 1 — and Prism 2.77 fired
-    a dynamically tagged rung long before the watermark reached it (seen: a rung an hour ahead of
-    the data), so the job uses one timer there (pipelines/analytics_pipeline.py).
-
     Raises ``ValueError`` if the dedup horizon is shorter than the time a window can still be
     updated: a re-delivery the dedup step had forgotten could then be counted twice.
     """
@@ -632,7 +626,6 @@ class EventTimeAggregates(beam.PTransform[Any, Any]):
         allowed_lateness_s: float = DEFAULT_ALLOWED_LATENESS_S,
         late_gate_margin_s: float = DEFAULT_LATE_GATE_MARGIN_S,
         late_gate_lookahead_s: float = DEFAULT_LATE_GATE_LOOKAHEAD_S,
-        late_gate_rungs: int = DEFAULT_RUNGS,
         dimensions: Sequence[Dimension] = DEFAULT_DIMENSIONS,
         dedup_horizon_s: float = DEFAULT_HORIZON_S,
         dedup_shards: int = DEFAULT_SHARDS,
@@ -655,7 +648,7 @@ class EventTimeAggregates(beam.PTransform[Any, Any]):
         if late_gate_lookahead_s < 0 or late_gate_lookahead_s * 1000 % 1:
             raise ValueError("late_gate_lookahead_s must be >= 0 and whole milliseconds")
         self.rule = LateDataRule(kinds=(self.fixed.deadlines, self.sliding.deadlines),
-                                 lookahead_ms=round(late_gate_lookahead_s * 1000), max_rungs=late_gate_rungs)
+                                 lookahead_ms=round(late_gate_lookahead_s * 1000))
         self.dedup = DeduplicateEvents(dedup_horizon_s, shards=dedup_shards, rule=self.rule, clock=clock)
 
     def expand(self, events: PCollection[Any]) -> EventTimeOutputs:

@@ -126,15 +126,10 @@ def timer_time(point_ms: int) -> Timestamp:
 
 
 def _set_ladder(late_gate: Any, rungs: tuple[int, ...]) -> None:
-    """Set the rule's ladder: rung 0 is the ``late_gate`` timer itself, rung ``i`` the one tagged
-    ``i``. Rungs of an older, longer ladder stay set: when they fire they still tell the truth (the
-    watermark passed them). A one-rung ladder sets no dynamic tag at all (see
-    ``EventTimeAggregates``' ``late_gate_rungs``)."""
+    """Set the rule's ladder: rung ``i`` is the ``late_gate`` timer tagged ``i``. Rungs of an older,
+    longer ladder stay set: when they fire they still tell the truth (the watermark passed them)."""
     for i, point in enumerate(rungs):
-        if i == 0:
-            late_gate.set(timer_time(point))
-        else:
-            late_gate.set(timer_time(point), dynamic_timer_tag=str(i))
+        late_gate.set(timer_time(point), dynamic_timer_tag=str(i))
 
 
 def _new_token() -> int:
@@ -235,7 +230,7 @@ class _DedupShardFn(beam.DoFn):
             gate = GateState(*knowledge)
             oldest = min(e.event_time_ms for e in passed)
             rule = self._rule
-            floor = rule.usable(self._floor, self._bundle) if rule.laddered else None
+            floor = rule.usable(self._floor, self._bundle)
             bounds = [k for k in (rule.usable(gate, self._bundle), floor) if k is not None]
             yield from self._judge(passed, oldest, max(bounds) if bounds else None)
             step = rule.judged(gate, oldest, max(e.event_time_ms for e in passed), floor)

@@ -69,8 +69,6 @@ from transforms.records import DeadLetter
 
 #: Reason code of the dead letters of refused events.
 TOO_LATE_REASON = "too_late"
-#: Rungs per ladder by default: enough for any jump up to the lookahead in one round.
-DEFAULT_RUNGS = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,17 +128,12 @@ class LateDataRule:
 
     kinds: tuple[Deadlines, ...]
     lookahead_ms: int
-    #: At most this many rungs per ladder (1: one timer, the next point only — see
-    #: ``EventTimeAggregates``' ``late_gate_rungs``).
-    max_rungs: int = DEFAULT_RUNGS
 
     def __post_init__(self) -> None:
         if not self.kinds or len({k.kind for k in self.kinds}) != len(self.kinds):
             raise ValueError("one Deadlines per aggregate kind, at least one")
         if self.lookahead_ms < 0:
             raise ValueError("lookahead must be >= 0")
-        if self.max_rungs < 1:
-            raise ValueError("at least one rung")
 
     @staticmethod
     def usable(state: GateState, bundle: int) -> int | None:
@@ -158,14 +151,6 @@ class LateDataRule:
         """The lowest deadline of any kind later than ``x_ms``: where the timer goes next."""
         return min(k.after(x_ms) for k in self.kinds)
 
-    @property
-    def laddered(self) -> bool:
-        """Whether the rule learns with a ladder, for a runner that fires a timer only after the
-        bundle that set it (Flink): then shards also start from the worker's floor, and a new job
-        from a lookahead below. With one timer (Prism, the DirectRunner fire due timers at once)
-        each shard learns alone from its own chain."""
-        return self.max_rungs > 1
-
     def at_or_after(self, x_ms: int) -> int:
         """The lowest deadline of any kind at or after ``x_ms``."""
         return self.next_after(x_ms - 1)
@@ -176,7 +161,7 @@ class LateDataRule:
         top = self.ceiling(newest_ms)
         distance = min(k.period_ms for k in self.kinds)
         rungs = [rung0_ms]
-        while len(rungs) < self.max_rungs and (rung := self.at_or_after(rung0_ms + distance)) <= top:
+        while (rung := self.at_or_after(rung0_ms + distance)) <= top:
             if rung > rungs[-1]:
                 rungs.append(rung)
             distance *= 2
@@ -198,14 +183,12 @@ class LateDataRule:
         what the worker knew before this bundle, for a shard that knows nothing yet)."""
         newest = newest_ms if state.newest_ms is None else max(state.newest_ms, newest_ms)
         state = replace(state, newest_ms=newest)
-        if state.passed_ms is None and floor_ms is not None and self.laddered:
+        if state.passed_ms is None and floor_ms is not None:
             state = replace(state, passed_ms=floor_ms, settled_ms=floor_ms, learnt_in=None)
         if state.passed_ms is None:
-            # Nothing learnt anywhere yet. With a ladder (a runner that fires late), rung 0 goes
-            # ``lookahead`` below the lowest deadline seen, holding the output watermark there until
-            # the ladder has caught up; with one timer (fired at once) at the lowest deadline seen.
-            lowest = min(k.of(oldest_ms) for k in self.kinds)
-            want = self.at_or_after(lowest - self.lookahead_ms if self.laddered else lowest)
+            # Nothing learnt anywhere yet: rung 0 goes ``lookahead`` below the lowest deadline
+            # seen, holding the output watermark there until the ladder has caught up.
+            want = self.at_or_after(min(k.of(oldest_ms) for k in self.kinds) - self.lookahead_ms)
             if state.armed_ms is not None and state.armed_ms <= want:
                 want = state.armed_ms
         elif state.armed_ms is None:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import subprocess
@@ -575,8 +576,6 @@ class Generator(Component):
     start_timeout_s = 30.0
 
     def prepare(self, ctx: StackContext) -> list[ProcessSpec]:
-        import secrets
-
         rate = ctx.setting("SA_RUN_GENERATOR_RATE")
         # A new seed per start: the same seed repeats the same event ids, which a job restored from
         # its savepoint drops as duplicates (and whose alerts Postgres already has). The seed is in
